@@ -1,0 +1,44 @@
+"""OTCache core: step-caching schedules for diffusion models, independent of any host.
+
+Pure Python on torch, numpy and scipy (Optuna and lpips optional). Never imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .calibration import Calibration, ScheduleRecord
+from .errors import FileFormatError, MissingDependencyError, OTCacheError, ScheduleError
+from .graph import ReferencePath, solve_reference
+from .interpolation import Prediction, predict, predict_from_warps
+from .plan import BudgetRule, SchedulePlan
+from .runtime import CacheRun, RunReport, step_index
+from .schedule import Schedule
+from .warp import Warp, interpolate_warps, resample, round_to_schedule, sample_warp, warp_of
+
+__all__ = [
+    "BudgetRule",
+    "CacheRun",
+    "Calibration",
+    "FileFormatError",
+    "MissingDependencyError",
+    "OTCacheError",
+    "Prediction",
+    "ReferencePath",
+    "RunReport",
+    "Schedule",
+    "SchedulePlan",
+    "ScheduleError",
+    "ScheduleRecord",
+    "Warp",
+    "__version__",
+    "interpolate_warps",
+    "predict",
+    "predict_from_warps",
+    "resample",
+    "round_to_schedule",
+    "sample_warp",
+    "solve_reference",
+    "step_index",
+    "warp_of",
+]

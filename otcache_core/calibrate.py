@@ -1,0 +1,383 @@
+"""The three OTCache stages over a small :class:`Sampler` protocol.
+
+1. Full-compute trajectories of the calibration samples (states before every step).
+2. Edge errors ``w(i, j)`` by replay from the stored states, in one of three strengths, and the
+   leximax reference path at ``B_ref``.
+3. The Optuna anchor at ``B_anchor``, minimising an end-to-end distance to the full output.
+
+Edge-error strengths (``K`` = maximum segment length):
+
+* ``global`` (LeMiCa): replay ``compute i, reuse i+1..j-1, compute j..T-1`` from the state at ``i``
+  to the end; ``w = rel_L1(final, final_full)``. About ``K T^2 / 2`` model calls.
+* ``rollout``: one cached rollout from each ``i`` (compute ``i``, reuse after) reaches every ``j <= i+K``;
+  at each ``j`` the model is probed once on the rollout state and its clean-sample prediction is
+  compared with the full trajectory's at ``j``: ``w = rel_L1(x0_hat_j, x0_full_j)`` (``j = T``: the
+  final states). About ``T K`` model calls.
+* ``drift``: no extra calls; from the recorded model outputs ``o_k`` and step sizes ``dt_k`` of the full
+  run, ``w = sum_{k=i+1}^{j-1} dt_k mean|o_k - o_i| / mean|x_final|``, the first-order error that
+  reusing ``o_i`` injects, without propagation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .anchor import AnchorResult, search_anchor
+from .calibration import Calibration, ScheduleRecord, matrix_to_json
+from .errors import OTCacheError
+from .graph import solve_reference
+from .jsonfile import save_json
+from .metrics import relative_l1
+from .schedule import Schedule
+from .warp import identity_warp, resample, sample_warp
+
+STRENGTHS: tuple[str, ...] = ("global", "rollout", "drift")
+MIN_STEPS = 4
+
+
+@dataclass
+class SamplingResult:
+    """What one (possibly cached, possibly partial) sampling run returns."""
+
+    final: torch.Tensor
+    """The latent after the last step run (the state at ``stop``)."""
+    model_calls: int
+    """Full model computations this run made (probes included)."""
+    states: list[torch.Tensor] | None = None
+    """With ``record``: the state before each step ``start .. stop`` (``states[-1]`` is ``final``)."""
+    denoised: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Clean-sample prediction per step where the model ran, and per probed step."""
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    """With ``record``: the cached quantity (model output) per computed step."""
+    step_sizes: list[float] | None = None
+    """With ``record``: ``|sigma_{t+1} - sigma_t|`` for every step of the run's full schedule."""
+
+
+class Sampler(Protocol):
+    """A host's sampling of the calibration samples (one batch) with a compute mask."""
+
+    steps: int
+
+    def run(
+        self,
+        mask: Sequence[bool],
+        *,
+        start: int = 0,
+        state: torch.Tensor | None = None,
+        stop: int | None = None,
+        record: bool = False,
+        probe: Collection[int] = (),
+    ) -> SamplingResult:
+        """Run steps ``start .. stop-1`` (``stop`` defaults to ``T``) computing where ``mask`` is true.
+
+        ``state`` is the latent before step ``start`` (required when ``start > 0``; the stored
+        full-compute state). ``mask[start]`` is always computed. ``probe``: steps at which, if reused,
+        the full model is also run on the current state and its clean-sample prediction recorded in
+        ``denoised`` without being used. ``record``: keep ``states``, ``outputs`` and ``step_sizes``.
+        """
+        ...
+
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CalibrationSettings:
+    """What to calibrate: budgets, edge strength and the anchor search."""
+
+    reference_budget: int
+    anchor_budget: int
+    strength: str = "rollout"
+    max_skip: int = 10
+    trials: int = 40
+    seed: int = 0
+    n_bins: int = 6
+    storage: str | None = None
+    study_name: str | None = None
+
+    def validate(self, steps: int) -> None:
+        if steps < MIN_STEPS:
+            raise OTCacheError(f"calibration needs at least {MIN_STEPS} sampling steps, got {steps}; raise steps")
+        if self.strength not in STRENGTHS:
+            raise OTCacheError(f"edge strength must be one of {', '.join(STRENGTHS)}, got {self.strength!r}")
+        if not 1 <= self.anchor_budget < self.reference_budget:
+            raise OTCacheError(
+                f"anchor budget ({self.anchor_budget}) must be at least 1 and smaller than the reference budget "
+                f"({self.reference_budget}); lower the anchor budget"
+            )
+        if self.reference_budget >= steps:
+            raise OTCacheError(
+                f"reference budget ({self.reference_budget}) must be smaller than the {steps} steps; lower it"
+            )
+        if self.max_skip < 2:
+            raise OTCacheError(f"maximum segment length must be at least 2 (1 reuses nothing), got {self.max_skip}")
+        if self.reference_budget * self.max_skip < steps:
+            raise OTCacheError(
+                f"with segments of at most {self.max_skip} steps the reference needs a budget of at least "
+                f"{math.ceil(steps / self.max_skip)}; raise the maximum segment length or the reference budget"
+            )
+        if self.trials < 1:
+            raise OTCacheError("the anchor search needs at least 1 trial")
+
+
+def default_budgets(steps: int) -> tuple[int, int]:
+    """``(B_ref, B_anchor) = (round(T/2), round(T/5))``, kept valid for small ``T``."""
+    ref = max(2, min(steps - 1, int(steps / 2 + 0.5)))
+    anchor = max(1, min(ref - 1, int(steps / 5 + 0.5)))
+    return ref, anchor
+
+
+def estimated_edge_calls(strength: str, steps: int, max_skip: int) -> int:
+    """Model calls the edge stage will make for one batch (the text shown before it starts)."""
+    T, K = steps, max_skip
+    total = 0
+    for i in range(T):
+        top = min(i + K, T)
+        if strength == "global":
+            total += sum(T - i - (j - i - 1) for j in range(i + 2, top + 1))
+        elif strength == "rollout" and top > i + 1:
+            total += 1 + max(0, min(top, T - 1) - (i + 1))  # step i, then one probe per j < T
+    return total
+
+
+def edge_errors_global(
+    sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
+    done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """LeMiCa's end-to-end edge errors (see module doc). Returns the matrix and the model calls."""
+    T = sampler.steps
+    w, calls = _empty_matrix(T), 0
+    for i in range(T - 1):
+        row = (done_rows or {}).get(i)
+        if row is None:
+            row = [None] * (T + 1)
+            for j in range(i + 2, min(i + max_skip, T) + 1):
+                mask = [True] * T
+                mask[i + 1 : j] = [False] * (j - i - 1)
+                result = sampler.run(mask, start=i, state=full.states[i])
+                calls += result.model_calls
+                row[j] = relative_l1(result.final, full.final)
+            if on_row:
+                on_row(i, row)
+        _fill_row(w, i, row)
+        if progress:
+            progress("edges", i + 1, T - 1)
+    return w, calls
+
+
+def edge_errors_rollout(
+    sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
+    done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """One cached rollout per start step, probed at every candidate next step (see module doc)."""
+    T = sampler.steps
+    w, calls = _empty_matrix(T), 0
+    for i in range(T - 1):
+        row = (done_rows or {}).get(i)
+        if row is None:
+            row = [None] * (T + 1)
+            end = min(i + max_skip, T)
+            mask = [True] * T
+            mask[i + 1 : end + 1] = [False] * (min(end, T - 1) - i)
+            stop = min(end + 1, T)
+            probes = range(i + 2, min(end, T - 1) + 1)
+            result = sampler.run(mask, start=i, state=full.states[i], stop=stop, probe=probes)
+            calls += result.model_calls
+            for j in range(i + 2, end + 1):
+                if j == T:
+                    row[j] = relative_l1(result.final, full.final)
+                else:
+                    row[j] = relative_l1(result.denoised[j], full.denoised[j])
+            if on_row:
+                on_row(i, row)
+        _fill_row(w, i, row)
+        if progress:
+            progress("edges", i + 1, T - 1)
+    return w, calls
+
+
+def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int) -> tuple[np.ndarray, int]:
+    """Residual drift along the recorded full trajectory; no model calls (see module doc)."""
+    T = sampler.steps
+    if full.step_sizes is None or len(full.outputs) < T:
+        raise OTCacheError("drift edge errors need the full run recorded with outputs and step sizes")
+    scale = float(full.final.detach().abs().double().mean()) or 1.0
+    w = _empty_matrix(T)
+    for i in range(T - 1):
+        acc = 0.0
+        for j in range(i + 2, min(i + max_skip, T) + 1):
+            k = j - 1
+            diff = (full.outputs[k].double() - full.outputs[i].double()).abs().mean()
+            acc += full.step_sizes[k] * float(diff) / scale
+            w[i, j] = acc
+    return w, 0
+
+
+def _empty_matrix(T: int) -> np.ndarray:
+    w = np.full((T + 1, T + 1), np.nan)
+    idx = np.arange(T)
+    w[idx, idx + 1] = 0.0
+    return w
+
+
+def _fill_row(w: np.ndarray, i: int, row: Sequence[float | None]) -> None:
+    for j, value in enumerate(row):
+        if value is not None and j >= i + 2:
+            w[i, j] = value
+
+
+def anchor_candidates(steps: int, budget: int, reference: Schedule, errors: np.ndarray, max_skip: int) -> list[Schedule]:
+    """Seed points of the anchor search: reference resampled, uniform spacing, the graph path at B."""
+    seeds = [resample(reference, steps, budget), sample_warp(identity_warp(), steps, budget)]
+    try:
+        seeds.append(solve_reference(errors, steps, budget, max_skip=max_skip).schedule)
+    except OTCacheError:
+        pass  # the budget may be below what measured segments can cover
+    unique: list[Schedule] = []
+    for s in seeds:
+        if s not in unique:
+            unique.append(s)
+    return unique
+
+
+class EdgeCheckpoint:
+    """Measured edge-error rows kept in a JSON file, so an interrupted calibration does not pay twice.
+
+    ``key`` identifies the measurement (model, samples, sampler settings, strength, K); rows saved
+    under another key are ignored.
+    """
+
+    def __init__(self, path: str | Path, key: str) -> None:
+        self.path, self.key = Path(path), key
+        self.rows: dict[int, list[float | None]] = {}
+        if self.path.exists():
+            try:
+                doc = json.loads(self.path.read_text(encoding="utf-8"))
+                if doc.get("key") == key:
+                    self.rows = {int(i): row for i, row in doc.get("rows", {}).items()}
+            except (OSError, ValueError, AttributeError):
+                self.rows = {}
+
+    def add(self, i: int, row: list[float | None]) -> None:
+        self.rows[i] = row
+        doc = {"format": "otcache.edge_checkpoint", "version": 1, "key": self.key,
+               "rows": {str(k): v for k, v in sorted(self.rows.items())}}
+        save_json(self.path, doc, overwrite=True)
+
+
+def settings_key(*parts: Any) -> str:
+    """A short stable hash of everything that determines a measurement."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CalibrationOutcome:
+    """The record plus the raw results the host may want to show (history, matrix)."""
+
+    calibration: Calibration
+    errors: np.ndarray
+    anchor: AnchorResult
+    full: SamplingResult
+
+
+def calibrate(
+    sampler: Sampler,
+    settings: CalibrationSettings,
+    *,
+    distance: Callable[[torch.Tensor, torch.Tensor], float],
+    objective_name: str,
+    name: str = "calibration",
+    model: dict[str, Any] | None = None,
+    sampler_info: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    checkpoint: EdgeCheckpoint | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CalibrationOutcome:
+    """Run the three stages and return the calibration record.
+
+    ``distance(cached_final, full_final)`` is the anchor objective (lower is better), e.g. LPIPS on
+    decoded images; ``objective_name`` is stored in the record.
+    """
+    T = sampler.steps
+    settings.validate(T)
+    say = log or (lambda _msg: None)
+    cost_calls: dict[str, int] = {}
+    cost_seconds: dict[str, float] = {}
+
+    say(f"stage 1/3: full-compute trajectories ({T} steps)")
+    t0 = time.perf_counter()
+    full = sampler.run([True] * T, record=True)
+    cost_calls["trajectories"], cost_seconds["trajectories"] = full.model_calls, time.perf_counter() - t0
+    if progress:
+        progress("trajectories", 1, 1)
+
+    estimate = estimated_edge_calls(settings.strength, T, settings.max_skip)
+    say(f"stage 2/3: {settings.strength} edge errors, K={settings.max_skip}: about {estimate} model calls "
+        f"({estimate / max(1, T):.1f} full generations)")
+    t0 = time.perf_counter()
+    rows = checkpoint.rows if checkpoint else None
+    on_row = checkpoint.add if checkpoint else None
+    if settings.strength == "global":
+        errors, calls = edge_errors_global(sampler, full, settings.max_skip, progress, rows, on_row)
+    elif settings.strength == "rollout":
+        errors, calls = edge_errors_rollout(sampler, full, settings.max_skip, progress, rows, on_row)
+    else:
+        errors, calls = edge_errors_drift(sampler, full, settings.max_skip)
+    path = solve_reference(errors, T, settings.reference_budget, max_skip=settings.max_skip)
+    cost_calls["edges"], cost_seconds["edges"] = calls, time.perf_counter() - t0
+    say(f"reference B={settings.reference_budget}: {list(path.schedule.compute_steps)}")
+
+    say(f"stage 3/3: anchor search at B={settings.anchor_budget}, {settings.trials} trials ({objective_name})")
+    t0 = time.perf_counter()
+    anchor_calls = 0
+
+    def objective(schedule: Schedule) -> float:
+        nonlocal anchor_calls
+        result = sampler.run(schedule.mask())
+        anchor_calls += result.model_calls
+        return distance(result.final, full.final)
+
+    def on_trial(number: int, schedule: Schedule, value: float) -> None:
+        if progress:
+            progress("anchor", min(number + 1, settings.trials), settings.trials)
+
+    seeds = anchor_candidates(T, settings.anchor_budget, path.schedule, errors, settings.max_skip)
+    anchor = search_anchor(
+        objective, T, settings.anchor_budget, n_trials=settings.trials, seed=settings.seed,
+        n_bins=settings.n_bins, initial=seeds, storage=settings.storage, study_name=settings.study_name,
+        on_trial=on_trial,
+    )
+    cost_calls["anchor"], cost_seconds["anchor"] = anchor_calls, time.perf_counter() - t0
+    say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g})")
+
+    record = Calibration(
+        name=name,
+        steps=T,
+        reference=ScheduleRecord(
+            path.schedule, path.objective, path.worst_segment,
+            {"segment_errors": list(path.segment_errors), "max_skip": settings.max_skip},
+        ),
+        anchor=ScheduleRecord(
+            anchor.schedule, "optuna", anchor.score,
+            {"objective": objective_name, "trials": anchor.trials, "seed": settings.seed, "n_bins": settings.n_bins,
+             "history": anchor.history},
+        ),
+        model=model or {},
+        sampler=sampler_info or {},
+        edge_errors={"strength": settings.strength, "max_skip": settings.max_skip, "metric": "rel_l1",
+                     "matrix": matrix_to_json(errors)},
+        cost={"model_calls": cost_calls, "seconds": {k: round(v, 3) for k, v in cost_seconds.items()},
+              "full_generation_calls": full.model_calls},
+    )
+    return CalibrationOutcome(record, errors, anchor, full)

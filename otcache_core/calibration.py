@@ -1,0 +1,193 @@
+"""The calibration record: everything a calibration measured, as one versioned, shareable JSON file.
+
+Schedules for any budget and step count are derived from it (:mod:`otcache_core.plan`). Shipped
+presets built from published step lists use the same record, with ``method = "published"`` and their
+source named.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import FileFormatError, OTCacheError
+from .jsonfile import check_document, load_json, require, save_json
+from .schedule import Schedule, schedule_from_fields
+
+CALIBRATION_FORMAT = "otcache.calibration"
+CALIBRATION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """A reference or anchor schedule with how it was obtained."""
+
+    schedule: Schedule
+    method: str
+    """``leximax`` / ``power`` (graph), ``optuna`` (anchor search) or ``published``."""
+    score: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    """Method-specific facts: segment errors, objective name, trials, source of a published list."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "compute_steps": list(self.schedule.compute_steps),
+            "budget": self.schedule.budget,
+            "steps": self.schedule.steps,
+            "method": self.method,
+        }
+        if self.score is not None:
+            out["score"] = self.score
+        out.update(self.details)
+        return out
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, where: str) -> ScheduleRecord:
+        if not isinstance(doc, dict):
+            raise FileFormatError(f"{where}: expected an object")
+        schedule = schedule_from_fields(doc, where=where)
+        method = require(doc, "method", str, where=where)
+        score = doc.get("score")
+        if score is not None and not isinstance(score, (int, float)):
+            raise FileFormatError(f"{where}: 'score' must be a number")
+        details = {k: v for k, v in doc.items() if k not in ("compute_steps", "budget", "steps", "method", "score")}
+        return cls(schedule, method, None if score is None else float(score), details)
+
+
+@dataclass
+class Calibration:
+    """One calibration of one model under one sampler setting."""
+
+    name: str
+    steps: int
+    reference: ScheduleRecord
+    anchor: ScheduleRecord
+    model: dict[str, Any] = field(default_factory=dict)
+    """Identity: at least ``family``; also ``name``/``hash`` where known."""
+    sampler: dict[str, Any] = field(default_factory=dict)
+    """Sampler settings of the calibration runs (sampler, scheduler, cfg, ...)."""
+    edge_errors: dict[str, Any] | None = None
+    """``{"strength", "max_skip", "metric", "matrix"}``, the ``(T+1) x (T+1)`` matrix with null gaps."""
+    cost: dict[str, Any] = field(default_factory=dict)
+    """Per stage: model calls and seconds."""
+    source: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        for role, record in (("reference", self.reference), ("anchor", self.anchor)):
+            if record.schedule.steps != self.steps:
+                raise OTCacheError(
+                    f"{role} schedule is for {record.schedule.steps} steps but the calibration is for {self.steps}"
+                )
+        if self.reference.schedule.budget <= self.anchor.schedule.budget:
+            raise OTCacheError(
+                f"the reference budget ({self.reference.schedule.budget}) must be larger than the anchor budget "
+                f"({self.anchor.schedule.budget})"
+            )
+
+    @property
+    def family(self) -> str | None:
+        return self.model.get("family")
+
+    def error_matrix(self) -> np.ndarray | None:
+        """The edge-error matrix with NaN for unmeasured edges, or ``None`` (e.g. published presets)."""
+        if not self.edge_errors or self.edge_errors.get("matrix") is None:
+            return None
+        rows = self.edge_errors["matrix"]
+        return np.asarray([[np.nan if x is None else x for x in row] for row in rows], dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "format": CALIBRATION_FORMAT,
+            "version": CALIBRATION_VERSION,
+            "name": self.name,
+            "steps": self.steps,
+            "model": self.model,
+            "sampler": self.sampler,
+            "reference": self.reference.to_dict(),
+            "anchor": self.anchor.to_dict(),
+            "edge_errors": self.edge_errors,
+            "cost": self.cost,
+            "source": self.source,
+            "notes": self.notes,
+            "created": self.created,
+            "otcache_version": __version__,
+        }
+
+    @classmethod
+    def from_dict(cls, document: Any, *, where: str = "calibration") -> Calibration:
+        doc = check_document(document, CALIBRATION_FORMAT, CALIBRATION_VERSION, where=where)
+        steps = require(doc, "steps", int, where=where)
+        reference = ScheduleRecord.from_dict(require(doc, "reference", dict, where=where), where=f"{where}: reference")
+        anchor = ScheduleRecord.from_dict(require(doc, "anchor", dict, where=where), where=f"{where}: anchor")
+        edge_errors = doc.get("edge_errors")
+        if edge_errors is not None:
+            _check_matrix(edge_errors, steps, where=f"{where}: edge_errors")
+        try:
+            return cls(
+                name=str(doc.get("name", "")),
+                steps=steps,
+                reference=reference,
+                anchor=anchor,
+                model=_dict_field(doc, "model", where),
+                sampler=_dict_field(doc, "sampler", where),
+                edge_errors=edge_errors,
+                cost=_dict_field(doc, "cost", where),
+                source=_dict_field(doc, "source", where),
+                notes=[str(n) for n in doc.get("notes", [])],
+                created=str(doc.get("created", "")),
+            )
+        except OTCacheError as exc:
+            raise FileFormatError(f"{where}: {exc}") from exc
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Save atomically; refuses to replace a different file unless ``overwrite``."""
+        save_json(path, self.to_dict(), overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Calibration:
+        return cls.from_dict(load_json(path, CALIBRATION_FORMAT, CALIBRATION_VERSION), where=str(path))
+
+    def summary(self) -> str:
+        """A few human-readable lines: what was calibrated and the two schedules."""
+        ref, anc = self.reference, self.anchor
+        lines = [
+            f"calibration {self.name!r}: {self.model.get('family', 'unknown family')}, T={self.steps}",
+            f"reference ({ref.method}) B={ref.schedule.budget}: {list(ref.schedule.compute_steps)}",
+            f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}",
+        ]
+        if anc.method == "published":
+            lines.append("the anchor is a published graph schedule, not an Optuna-searched one; calibrate to replace it")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _dict_field(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise FileFormatError(f"{where}: {key!r} must be an object")
+    return value
+
+
+def _check_matrix(edge_errors: Any, steps: int, *, where: str) -> None:
+    if not isinstance(edge_errors, dict) or not isinstance(edge_errors.get("matrix"), list):
+        raise FileFormatError(f"{where}: expected an object with a 'matrix' list")
+    matrix = edge_errors["matrix"]
+    if len(matrix) != steps + 1 or any(not isinstance(r, list) or len(r) != steps + 1 for r in matrix):
+        raise FileFormatError(f"{where}: 'matrix' must be {steps + 1} x {steps + 1} for {steps} steps")
+    for row in matrix:
+        for x in row:
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+                raise FileFormatError(f"{where}: matrix entries must be numbers or null, found {x!r}")
+
+
+def matrix_to_json(matrix: np.ndarray) -> list[list[float | None]]:
+    """NaN -> null, so unmeasured edges survive JSON."""
+    return [[None if not np.isfinite(x) else float(x) for x in row] for row in np.asarray(matrix, dtype=float)]

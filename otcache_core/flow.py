@@ -1,0 +1,179 @@
+"""A cached Euler sampler for rectified-flow models with a block split: OTCache's reference host.
+
+The model predicts the velocity ``v = noise - x0`` at time ``t`` (``x_t = (1 - t) x0 + t noise``), so
+the clean-sample prediction is ``x0_hat = x_t - t v``. Classifier-free guidance batches cond and
+uncond rows in one call: ``v = v_u + s (v_c - v_u)``; Euler steps ``x_{k+1} = x_k + (t_{k+1} - t_k) v``.
+
+Two reuse modes, both through :class:`otcache_core.runtime.CacheRun`:
+
+* ``blocks``: the residual of the block stack (``h_out - h_in``) per CFG stream; skipped steps still
+  run the embedders and the head.
+* ``model``: the change of the whole model output against its input (``v - x``) per stream.
+
+:class:`FlowSampler` implements :class:`otcache_core.calibrate.Sampler` for the calibration stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+import torch
+
+from .calibrate import SamplingResult
+from .runtime import CacheRun
+from .schedule import Schedule
+
+MODES: tuple[str, ...] = ("blocks", "model")
+
+
+class SplitModel(Protocol):
+    """A velocity model whose forward is ``head(blocks(embed(x, t, y)))``."""
+
+    blocks: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+def _streams(rows: int, cfg: bool) -> list[tuple[str, slice]]:
+    """Row ranges of the batched call: cond rows first, then uncond rows."""
+    if not cfg:
+        return [("cond", slice(0, rows))]
+    return [("cond", slice(0, rows)), ("uncond", slice(rows, 2 * rows))]
+
+
+class CachedVelocity:
+    """The guided velocity at one step, computed or reused per the run's schedule."""
+
+    def __init__(self, model: SplitModel, labels: torch.Tensor, cfg_scale: float, null_class: int, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.model, self.cfg_scale, self.mode = model, float(cfg_scale), mode
+        self.use_cfg = self.cfg_scale != 1.0
+        null = torch.full_like(labels, null_class)
+        self.labels = torch.cat([labels, null]) if self.use_cfg else labels
+
+    def _batch(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        xx = torch.cat([x, x]) if self.use_cfg else x
+        return xx, torch.full((xx.shape[0],), t, dtype=x.dtype, device=x.device)
+
+    def _guide(self, out: torch.Tensor, rows: int) -> torch.Tensor:
+        if not self.use_cfg:
+            return out
+        v_cond, v_uncond = out[:rows], out[rows:]
+        return v_uncond + self.cfg_scale * (v_cond - v_uncond)
+
+    def full(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Uncached guided velocity (no cache read or write)."""
+        xx, tt = self._batch(x, t)
+        return self._guide(self.model(xx, tt, self.labels), x.shape[0])
+
+    def __call__(self, run: CacheRun, step: int, x: torch.Tensor, t: float) -> tuple[torch.Tensor, bool]:
+        """Guided velocity at ``step``; returns ``(v, computed)``."""
+        xx, tt = self._batch(x, t)
+        streams = _streams(x.shape[0], self.use_cfg)
+        start = run.clock(x.device)
+        if self.mode == "model":
+            keys = [("model", name) for name, _ in streams]
+            reuse = run.plan_call(step, keys, like=xx[streams[0][1]])
+            if reuse:
+                out = torch.cat([xx[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
+            else:
+                out = self.model(xx, tt, self.labels)
+                if out.shape == xx.shape:
+                    for key, (_, rows) in zip(keys, streams):
+                        run.store(key, out[rows] - xx[rows])
+        else:
+            keys = [("blocks", name) for name, _ in streams]
+            h, c = self.model.embed(xx, tt, self.labels)
+            reuse = run.plan_call(step, keys, like=h[streams[0][1]])
+            if reuse:
+                h_out = torch.cat([h[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
+            else:
+                h_out = h
+                for block in self.model.blocks:
+                    h_out = block(h_out, c)
+                for key, (_, rows) in zip(keys, streams):
+                    run.store(key, h_out[rows] - h[rows])
+            out = self.model.head(h_out, c)
+        run.add_call(reuse, run.clock(x.device) - start)
+        return self._guide(out, x.shape[0]), not reuse
+
+
+class FlowSampler:
+    """Cached Euler-CFG sampling of one batch: the :class:`~otcache_core.calibrate.Sampler` protocol.
+
+    ``sigmas`` holds the ``T + 1`` times from 1 (noise) down to 0; ``noise`` is the starting latent.
+    ``last_report`` keeps the :class:`~otcache_core.runtime.RunReport` of the latest run.
+    """
+
+    def __init__(
+        self,
+        model: SplitModel,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        cfg_scale: float,
+        null_class: int,
+        mode: str = "blocks",
+    ) -> None:
+        self.noise, self.sigmas = noise, [float(s) for s in sigmas]
+        self.steps = len(self.sigmas) - 1
+        self.velocity = CachedVelocity(model, labels, cfg_scale, null_class, mode)
+        self.last_report = None
+
+    @property
+    def step_sizes(self) -> list[float]:
+        return [abs(b - a) for a, b in zip(self.sigmas, self.sigmas[1:])]
+
+    def sample(self, schedule: Schedule) -> torch.Tensor:
+        """The final latent under ``schedule`` (its report lands in ``last_report``)."""
+        return self.run(schedule.mask()).final
+
+    @torch.no_grad()
+    def run(
+        self,
+        mask: Sequence[bool],
+        *,
+        start: int = 0,
+        state: torch.Tensor | None = None,
+        stop: int | None = None,
+        record: bool = False,
+        probe: Collection[int] = (),
+    ) -> SamplingResult:
+        T = self.steps
+        stop = T if stop is None else stop
+        if len(mask) != T or not 0 <= start < stop <= T:
+            raise ValueError(f"need a mask of {T} steps and 0 <= start < stop <= {T}")
+        if start > 0 and state is None:
+            raise ValueError("a replay from step > 0 needs the stored state")
+        x = self.noise if state is None else state
+        # steps before `start` are not run; step `start` computes (nothing is cached yet)
+        effective = [True] * (start + 1) + list(mask[start + 1 :])
+        run = CacheRun(Schedule.from_mask(effective), mode=self.velocity.mode)
+        result = SamplingResult(final=x, model_calls=0, states=[x] if record else None)
+        for k in range(start, stop):
+            t, t_next = self.sigmas[k], self.sigmas[k + 1]
+            v, computed = self.velocity(run, k, x, t)
+            if computed:
+                result.model_calls += 1
+                if record or k in probe:
+                    result.denoised[k] = x - t * v
+                if record:
+                    result.outputs[k] = v
+            elif k in probe:
+                result.model_calls += 1
+                result.denoised[k] = x - t * self.velocity.full(x, t)
+            x = x + (t_next - t) * v
+            if record:
+                result.states.append(x)
+        result.final = x
+        if record:
+            result.step_sizes = self.step_sizes
+        self.last_report = run.report()
+        return result

@@ -1,0 +1,167 @@
+"""A schedule *plan*: warps plus a budget rule, resolved for the step count a run actually uses.
+
+The ComfyUI Schedule node outputs a plan rather than a fixed step list, because the sampler's step
+count is only known when sampling starts (and may differ from the calibration's). Resolving costs
+microseconds and says what it did (resampled from another T, budget rescaled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .calibration import Calibration
+from .errors import ScheduleError
+from .interpolation import LAMBDA_MAPPINGS, Prediction, budget_for_fraction, predict_from_warps
+from .schedule import Schedule, check_steps
+from .warp import Warp, sample_warp, warp_of
+
+BudgetKind = Literal["steps", "speedup"]
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """How many steps to compute: ``budget`` computed steps out of ``at_steps``, or a target speedup.
+
+    At another step count ``T`` the compute fraction is kept: ``B = round(budget / at_steps * T)``;
+    a speedup ``s`` gives ``B = round(T / s)``.
+    """
+
+    kind: BudgetKind
+    value: float
+    at_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "steps":
+            if self.at_steps is None or self.at_steps < 1:
+                raise ScheduleError("a budget in steps needs the step count it refers to (at_steps >= 1)")
+            if not (1 <= self.value <= self.at_steps) or int(self.value) != self.value:
+                raise ScheduleError(
+                    f"budget {self.value} must be a whole number of computed steps between 1 and {self.at_steps}"
+                )
+        elif self.kind == "speedup":
+            if not self.value >= 1.0:
+                raise ScheduleError(f"target speedup must be at least 1.0 (no caching), got {self.value}")
+        else:
+            raise ScheduleError(f"budget kind must be 'steps' or 'speedup', got {self.kind!r}")
+
+    @property
+    def fraction(self) -> float:
+        return self.value / self.at_steps if self.kind == "steps" else 1.0 / self.value
+
+    def budget_for(self, steps: int, *, minimum: int = 1) -> int:
+        T = check_steps(steps)
+        if self.kind == "steps" and T == self.at_steps:
+            return max(minimum, int(self.value))
+        return budget_for_fraction(T, self.fraction, minimum=minimum)
+
+    def describe(self) -> str:
+        if self.kind == "steps":
+            return f"{int(self.value)} of {self.at_steps} steps"
+        return f"{self.value:g}x speedup"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A plan resolved for one run."""
+
+    prediction: Prediction
+    notes: tuple[str, ...] = ()
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.prediction.schedule
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """Reference and anchor warps (as compute fractions) plus a budget rule.
+
+    With ``anchor=None`` the plan is a single warp (a fixed schedule), resampled to any (T, B).
+    """
+
+    reference: Warp
+    ref_fraction: float
+    anchor: Warp | None
+    anchor_fraction: float | None
+    source_steps: int
+    rule: BudgetRule
+    mapping: str = "linear"
+    warmup: int = 0
+    label: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.mapping not in LAMBDA_MAPPINGS:
+            raise ScheduleError(f"lambda mapping must be one of {', '.join(LAMBDA_MAPPINGS)}, got {self.mapping!r}")
+
+    @classmethod
+    def from_calibration(cls, calibration: Calibration, rule: BudgetRule, *, mapping: str = "linear",
+                         warmup: int = 0, label: str | None = None) -> SchedulePlan:
+        ref, anc = calibration.reference.schedule, calibration.anchor.schedule
+        notes = []
+        if calibration.anchor.method == "published":
+            notes.append("anchor is a published graph schedule, not an Optuna-searched one")
+        return cls(
+            reference=warp_of(ref),
+            ref_fraction=ref.budget / ref.steps,
+            anchor=warp_of(anc),
+            anchor_fraction=anc.budget / anc.steps,
+            source_steps=calibration.steps,
+            rule=rule,
+            mapping=mapping,
+            warmup=warmup,
+            label=label or calibration.name,
+            notes=tuple(notes),
+        )
+
+    @classmethod
+    def from_schedule(cls, schedule: Schedule, *, label: str = "", rule: BudgetRule | None = None) -> SchedulePlan:
+        """A plan that reproduces ``schedule`` at its own T and resamples its warp elsewhere."""
+        return cls(
+            reference=warp_of(schedule),
+            ref_fraction=schedule.budget / schedule.steps,
+            anchor=None,
+            anchor_fraction=None,
+            source_steps=schedule.steps,
+            rule=rule or BudgetRule("steps", schedule.budget, schedule.steps),
+            label=label,
+        )
+
+    def resolve(self, steps: int) -> Resolved:
+        """The schedule for a run of ``steps`` steps, with notes on what was adapted."""
+        T = check_steps(steps)
+        # the warm-up prefix is part of the budget; keep at least one step for the warp after it
+        B = min(T, self.rule.budget_for(T, minimum=self.warmup + 1))
+        warmup = self.warmup if self.warmup < B else 0  # only when T itself is that short: all compute
+        notes = list(self.notes)
+        if T != self.source_steps:
+            notes.append(f"schedule resampled from T={self.source_steps} to T={T}")
+        if self.rule.kind == "steps" and self.rule.at_steps != T:
+            notes.append(f"budget {self.rule.describe()} -> {B} of {T} steps")
+        if self.anchor is None or self.anchor_fraction is None:
+            schedule = sample_warp(self.reference, T, B, warmup=warmup)
+            regime = "reference" if abs(B / T - self.ref_fraction) < 1e-12 else "between"
+            prediction = Prediction(schedule, 0.0, 0.0, False, regime)
+        else:
+            prediction = predict_from_warps(
+                self.reference, self.ref_fraction, self.anchor, self.anchor_fraction, T, B,
+                mapping=self.mapping, warmup=warmup,
+            )
+        if prediction.extrapolated:
+            notes.append("budget below the anchor's: extrapolated from the anchor, expect lower fidelity")
+        return Resolved(prediction, tuple(notes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference.to_dict(),
+            "ref_fraction": self.ref_fraction,
+            "anchor": None if self.anchor is None else self.anchor.to_dict(),
+            "anchor_fraction": self.anchor_fraction,
+            "source_steps": self.source_steps,
+            "rule": {"kind": self.rule.kind, "value": self.rule.value, "at_steps": self.rule.at_steps},
+            "mapping": self.mapping,
+            "warmup": self.warmup,
+            "label": self.label,
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,98 @@
+"""The cache engine: step mapping, decisions, residual store, exactness, the run report."""
+
+import torch
+
+from otcache_core.runtime import CacheRun, step_index
+from otcache_core.schedule import Schedule
+
+
+def test_step_index_maps_each_sigma_to_its_step():
+    sigmas = [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert [step_index(sigmas, s) for s in sigmas[:-1]] == [0, 1, 2, 3]
+
+
+def test_step_index_maps_intermediate_evaluations_to_the_step_they_belong_to():
+    sigmas = [14.6, 7.0, 3.1, 1.2, 0.0]
+    assert step_index(sigmas, 5.0) == 1  # a DPM2-style midpoint between sigma_1 and sigma_2
+    assert step_index(sigmas, 0.0) == 3  # never beyond the last step
+
+
+def test_step_index_tolerates_float32_round_off():
+    sigmas = torch.linspace(1, 0, 29).tolist()
+    for k, s in enumerate(sigmas[:-1]):
+        assert step_index(sigmas, float(torch.tensor(s, dtype=torch.float32))) == k
+
+
+def test_reuse_needs_schedule_and_a_stored_residual():
+    run = CacheRun(Schedule.from_steps([0, 3], 5))
+    x = torch.zeros(2, 3)
+    assert not run.plan_call(0, ["a"], like=x)
+    run.store("a", torch.ones(2, 3))
+    assert run.plan_call(1, ["a"], like=x)
+    assert not run.plan_call(1, ["a", "b"], like=x)  # stream b has nothing stored yet
+    assert not run.plan_call(2, ["a"], like=torch.zeros(4, 3))  # another layout: never reuse
+    report = run.report()  # a step where any call had to compute counts as computed (forced)
+    assert report.forced == [1, 2] and report.computed == [0, 1, 2] and report.reused == []
+
+
+def test_forced_steps_are_reported():
+    run = CacheRun(Schedule.from_steps([0], 3))
+    assert not run.plan_call(1, ["a"])  # nothing stored: forced
+    report = run.report()
+    assert report.forced == [1] and report.computed == [1]
+    assert "forced compute at [1]" in report.line()
+
+
+def test_all_compute_schedule_never_reads_the_store():
+    run = CacheRun(Schedule.all_compute(4))
+    run.store("a", torch.ones(1))
+    assert not any(run.plan_call(k, ["a"]) for k in range(4))
+
+
+def test_cached_sampling_with_all_compute_is_bit_identical_to_uncached(make_sampler):
+    for mode in ("blocks", "model"):
+        for cfg in (1.0, 2.5):
+            sampler = make_sampler(steps=10, mode=mode, cfg=cfg)
+            cached = sampler.sample(Schedule.all_compute(10))
+            x = sampler.noise
+            for k in range(10):
+                t, t_next = sampler.sigmas[k], sampler.sigmas[k + 1]
+                x = x + (t_next - t) * sampler.velocity.full(x, t)
+            assert torch.equal(cached, x), (mode, cfg)
+
+
+def test_skipping_steps_changes_the_output_and_saves_block_calls(make_sampler, toy_model):
+    sampler = make_sampler(steps=10)
+    calls = {"n": 0}
+    block = toy_model.blocks[0]
+    hook = block.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        full = sampler.sample(Schedule.all_compute(10))
+        full_calls = calls["n"]
+        calls["n"] = 0
+        cached = sampler.sample(Schedule.from_steps([0, 1, 4, 7, 9], 10))
+    finally:
+        hook.remove()
+    assert full_calls == 10 and calls["n"] == 5
+    assert not torch.equal(full, cached)
+    assert (full - cached).abs().mean() < (full.abs().mean())  # close, not garbage
+
+
+def test_run_report_lists_computed_and_reused_steps(make_sampler):
+    sampler = make_sampler(steps=8)
+    sampler.sample(Schedule.from_steps([0, 2, 5], 8))
+    report = sampler.last_report
+    assert report.computed == [0, 2, 5] and report.reused == [1, 3, 4, 6, 7]
+    assert report.ideal_speedup == 8 / 3
+    assert report.calls_computed == 3 and report.calls_reused == 5
+    line = report.line()
+    assert "computed 3/8 steps [0, 2, 5]" in line and "ideal speedup 2.67x" in line
+
+
+def test_a_new_run_starts_with_no_residuals(make_sampler):
+    """State lives per run: a second run with another batch never sees the first run's residuals."""
+    first = make_sampler(steps=6, batch=3)
+    first.sample(Schedule.from_steps([0, 3], 6))
+    second = make_sampler(steps=6, batch=5, seed=9)
+    second.sample(Schedule.from_steps([0, 3], 6))
+    assert second.last_report.forced == []
