@@ -4,7 +4,6 @@ ComfyUI imports this folder as a package; the nodes live in the ``nodes`` subpac
 ``otcache_core`` (which never imports ComfyUI).
 """
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -79,7 +79,7 @@ class CachedVelocity:
         start = run.clock(x.device)
         if self.mode == "model":
             keys = [("model", name) for name, _ in streams]
-            reuse = run.plan_call(step, keys, like=xx[streams[0][1]])
+            reuse = run.plan_call(step, run.ready(keys, like=xx[streams[0][1]]))
             if reuse:
                 out = torch.cat([xx[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
             else:
@@ -90,7 +90,7 @@ class CachedVelocity:
         else:
             keys = [("blocks", name) for name, _ in streams]
             h, c = self.model.embed(xx, tt, self.labels)
-            reuse = run.plan_call(step, keys, like=h[streams[0][1]])
+            reuse = run.plan_call(step, run.ready(keys, like=h[streams[0][1]]))
             if reuse:
                 h_out = torch.cat([h[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
             else:

@@ -90,6 +90,8 @@ class SchedulePlan:
     warmup: int = 0
     label: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    families: tuple[str, ...] = ()
+    """Model architectures the plan was made for (empty: any)."""
 
     def __post_init__(self) -> None:
         if self.mapping not in LAMBDA_MAPPINGS:
@@ -113,6 +115,7 @@ class SchedulePlan:
             warmup=warmup,
             label=label or calibration.name,
             notes=tuple(notes),
+            families=calibration_families(calibration),
         )
 
     @classmethod
@@ -164,4 +167,15 @@ class SchedulePlan:
             "warmup": self.warmup,
             "label": self.label,
             "notes": list(self.notes),
+            "families": list(self.families),
         }
+
+    def fits(self, family: str) -> bool:
+        """Whether the plan may be used on a model of architecture ``family``."""
+        return not self.families or family in self.families
+
+
+def calibration_families(calibration: Calibration) -> tuple[str, ...]:
+    """Architectures a calibration applies to: ``model.families``, else ``model.family``; "any" = all."""
+    families = calibration.model.get("families") or ([calibration.family] if calibration.family else [])
+    return () if "any" in families else tuple(str(f) for f in families)

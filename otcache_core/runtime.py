@@ -132,21 +132,25 @@ class CacheRun:
         """What the schedule says for ``step`` (steps outside ``[0, T)`` are computed)."""
         return not (0 <= step < len(self._mask)) or self._mask[step]
 
-    def plan_call(self, step: int, keys: Iterable[Hashable], like: torch.Tensor | None = None) -> bool:
-        """Decide one model call at ``step``: ``True`` = reuse the residuals of ``keys``.
+    def plan_call(self, step: int, ready: bool) -> bool:
+        """Decide one model call at ``step``: ``True`` = reuse.
 
-        Reuse needs the schedule to say so and a stored residual for every key (of ``like``'s layout
-        when given). The step's status in the report follows: any computed call makes it computed.
+        Reuse needs the schedule to say so and the host to be ``ready`` (a usable residual stored
+        for every stream of the call, see :meth:`ready`). The step's status in the report follows:
+        any computed call makes it computed, and "forced" when the schedule said reuse.
         """
-        reuse = not self.scheduled_compute(step) and all(self.has(k, like) for k in keys)
-        previous = self._status.get(step)
+        reuse = ready and not self.scheduled_compute(step)
         if reuse:
             self._status.setdefault(step, "reused")
         elif self.scheduled_compute(step):
             self._status[step] = "computed"
-        elif previous != "computed":
+        elif self._status.get(step) != "computed":
             self._status[step] = "forced"
         return reuse
+
+    def ready(self, keys: Iterable[Hashable], like: torch.Tensor | None = None) -> bool:
+        """Whether every key has a stored residual (of ``like``'s layout when given)."""
+        return all(self.has(k, like) for k in keys)
 
     # -- residual store ----------------------------------------------------------------------------
     def has(self, key: Hashable, like: torch.Tensor | None = None) -> bool:

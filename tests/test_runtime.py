@@ -26,18 +26,18 @@ def test_step_index_tolerates_float32_round_off():
 def test_reuse_needs_schedule_and_a_stored_residual():
     run = CacheRun(Schedule.from_steps([0, 3], 5))
     x = torch.zeros(2, 3)
-    assert not run.plan_call(0, ["a"], like=x)
+    assert not run.plan_call(0, run.ready(["a"], like=x))
     run.store("a", torch.ones(2, 3))
-    assert run.plan_call(1, ["a"], like=x)
-    assert not run.plan_call(1, ["a", "b"], like=x)  # stream b has nothing stored yet
-    assert not run.plan_call(2, ["a"], like=torch.zeros(4, 3))  # another layout: never reuse
+    assert run.plan_call(1, run.ready(["a"], like=x))
+    assert not run.plan_call(1, run.ready(["a", "b"], like=x))  # stream b has nothing stored yet
+    assert not run.plan_call(2, run.ready(["a"], like=torch.zeros(4, 3)))  # another layout: never reuse
     report = run.report()  # a step where any call had to compute counts as computed (forced)
     assert report.forced == [1, 2] and report.computed == [0, 1, 2] and report.reused == []
 
 
 def test_forced_steps_are_reported():
     run = CacheRun(Schedule.from_steps([0], 3))
-    assert not run.plan_call(1, ["a"])  # nothing stored: forced
+    assert not run.plan_call(1, run.ready(["a"]))  # nothing stored: forced
     report = run.report()
     assert report.forced == [1] and report.computed == [1]
     assert "forced compute at [1]" in report.line()
@@ -46,7 +46,7 @@ def test_forced_steps_are_reported():
 def test_all_compute_schedule_never_reads_the_store():
     run = CacheRun(Schedule.all_compute(4))
     run.store("a", torch.ones(1))
-    assert not any(run.plan_call(k, ["a"]) for k in range(4))
+    assert not any(run.plan_call(k, run.ready(["a"])) for k in range(4))
 
 
 def test_cached_sampling_with_all_compute_is_bit_identical_to_uncached(make_sampler):

@@ -32,6 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Name and ``format`` metadata of the shipped weight file.
+DIT_FILE = "tinydit_mnist.safetensors"
+DIT_FORMAT = "otcache.testbed.tinydit"
+
 
 @dataclass(frozen=True)
 class TinyDiTConfig:

@@ -55,20 +55,25 @@ def _prepare_comfy(root: Path) -> None:
     probes the device and reads these flags once.
     """
     if str(root) not in sys.path:
+        # In front: ComfyUI's top-level ``nodes.py`` must win over the repo's ``nodes/``.
         sys.path.insert(0, str(root))
-    if "comfy.model_management" in sys.modules:
-        raise RuntimeError("comfy.model_management was imported before the test harness configured it")
+    already = "comfy.model_management" in sys.modules
     import comfy.options  # noqa: F401  (args parsing is off by default: pytest's argv is not parsed)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.force_fp32 = True
-    import comfy.model_management  # noqa: F401  (now picks the CPU)
+    import comfy.model_management
+
+    if already and comfy.model_management.cpu_state != comfy.model_management.CPUState.CPU:
+        raise RuntimeError("comfy.model_management was imported (and chose a GPU) before the "
+                           "ComfyUI test harness could select the CPU")
 
 
 COMFYUI_ROOT, SKIP_REASON = _find_comfyui()
 if COMFYUI_ROOT is not None:
     _prepare_comfy(COMFYUI_ROOT)
+
 
 def _is_here(item: pytest.Item) -> bool:
     """Whether ``item`` is a test of this folder (the only ones we skip)."""

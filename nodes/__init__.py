@@ -1,0 +1,15 @@
+"""OTCache's ComfyUI nodes. Imported only as a subpackage of the pack (ComfyUI has its own ``nodes``)."""
+
+from .apply_node import OTCacheApply
+from .schedule_node import OTCacheSchedule
+
+# Node ids are a public interface that saved workflows depend on: never change them.
+NODE_CLASS_MAPPINGS = {
+    "OTCacheSchedule": OTCacheSchedule,
+    "OTCacheApply": OTCacheApply,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OTCacheSchedule": "OTCache Schedule (budget)",
+    "OTCacheApply": "OTCache Apply",
+}

@@ -1,0 +1,112 @@
+"""OTCache Apply: MODEL + schedule -> MODEL that skips the scheduled steps."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..otcache_core.errors import OTCacheError
+from ..otcache_core.plan import SchedulePlan
+from .cache_hooks import KEY, MODES, ApplyModelWrapper, BlockReplacement, CacheConfig, LayerForward, OuterSampleWrapper, foreign_caches
+from .families import detect_family, stage_blocks
+
+log = logging.getLogger("OTCache")
+
+MODE_CHOICES = ("auto", *MODES)
+
+
+def _remove_previous(patcher: Any) -> bool:
+    """Drop an earlier OTCache from a (cloned) patcher; ``True`` if there was one."""
+    import comfy.patcher_extension as pe
+
+    found = False
+    for wrapper_type in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.APPLY_MODEL):
+        if patcher.get_wrappers(wrapper_type, KEY):
+            patcher.remove_wrappers_with_key(wrapper_type, KEY)
+            found = True
+    dit = patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for key in [k for k, v in dit.items() if isinstance(v, BlockReplacement)]:
+        del dit[key]
+        found = True
+    for name in [n for n, v in patcher.object_patches.items() if isinstance(v, LayerForward)]:
+        del patcher.object_patches[name]
+        found = True
+    return found
+
+
+def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_percent: float = 0.0,
+                  end_percent: float = 1.0) -> Any:
+    """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``."""
+    if not isinstance(plan, SchedulePlan):
+        raise OTCacheError("'schedule' must come from an OTCache Schedule node")
+    if mode not in MODE_CHOICES:
+        raise OTCacheError(f"'mode' must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+    if not 0.0 <= start_percent < end_percent <= 1.0:
+        raise OTCacheError(
+            f"need 0 <= 'start_percent' < 'end_percent' <= 1, got {start_percent} and {end_percent}"
+        )
+    dm = model.model.diffusion_model
+    family = detect_family(dm)
+    if not plan.fits(family.family):
+        raise OTCacheError(
+            f"the schedule {plan.label!r} was calibrated for {', '.join(plan.families)}, but this model is "
+            f"{family.family}: pick a matching 'preset' (or the generic one) or calibrate this model"
+        )
+    if mode == "blocks" and family.patch == "none":
+        raise OTCacheError(
+            f"'mode' blocks is not available for {family.family} models ({family.note or 'no block hook'}); "
+            "use mode 'model' or 'auto'"
+        )
+    foreign = foreign_caches(model.model_options)
+    if foreign:
+        raise OTCacheError(
+            f"this model already has another step cache ({', '.join(foreign)}); two caches skipping steps "
+            "independently corrupt the output: remove one of them"
+        )
+    chosen = mode if mode != "auto" else ("blocks" if family.patch != "none" else "model")
+    patched = model.clone()
+    if _remove_previous(patched):
+        log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
+    config = CacheConfig(plan, chosen, family, start_percent, end_percent)
+    import comfy.patcher_extension as pe
+
+    patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(config))
+    patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, ApplyModelWrapper(config))
+    if chosen == "blocks":
+        for stage in family.stages:
+            for i in stage_blocks(dm, stage):
+                if family.patch == "dit":
+                    patched.set_model_patch_replace(BlockReplacement(stage.kind, i), "dit", stage.kind, i)
+                else:
+                    path = f"diffusion_model.{stage.attr}.{i}"
+                    original = patched.get_model_object(path).forward
+                    patched.add_object_patch(f"{path}.forward", LayerForward(stage.kind, i, original))
+    return patched
+
+
+class OTCacheApply:
+    """OTCache Apply."""
+
+    DESCRIPTION = (
+        "Make a model skip the full computation at the steps the schedule reuses. 'blocks' reuses the residual "
+        "of the transformer block stack (embedders and final layer still run); 'model' reuses the whole model "
+        "output and works for any model, UNets included. Every run logs what it computed."
+    )
+    CATEGORY = "OTCache"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "schedule": ("OTCACHE_SCHEDULE",),
+                "mode": (list(MODE_CHOICES), {"default": "auto", "tooltip": "auto: blocks where the model family supports it, else model."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps before this share of the run are always computed."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps from this share of the run on are always computed."}),
+            }
+        }
+
+    def apply(self, model, schedule, mode="auto", start_percent=0.0, end_percent=1.0):
+        return (apply_otcache(model, schedule, mode, start_percent, end_percent),)
