@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,15 @@ from typing import Any
 from .errors import FileFormatError, OTCacheError
 
 
+# A list of numbers as json.dumps(indent=...) lays it out: one element per line. Strings never hold a
+# literal newline, so this cannot match inside a string value.
+_NUMBER_LIST = re.compile(r"\[\n\s*((?:-?[\d.eE+-]+|null)(?:,\n\s*(?:-?[\d.eE+-]+|null))*)\n\s*\]")
+
+
 def dumps(document: dict[str, Any]) -> str:
-    """Stable, human-readable JSON text: short lists of numbers stay on one line."""
-    return json.dumps(document, indent=1, sort_keys=False, allow_nan=False) + "\n"
+    """Stable, human-readable JSON text; a list of numbers (a schedule, a matrix row) stays on one line."""
+    text = json.dumps(document, indent=1, sort_keys=False, allow_nan=False)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
 def save_json(path: str | os.PathLike[str], document: dict[str, Any], *, overwrite: bool = False) -> Path:
@@ -48,12 +55,19 @@ def save_json(path: str | os.PathLike[str], document: dict[str, Any], *, overwri
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared file gets the usual mode
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_json(path: str | os.PathLike[str], expected_format: str, max_version: int) -> dict[str, Any]:

@@ -102,3 +102,16 @@ def test_parse_step_list_accepts_commas_and_spaces():
         parse_step_list("0,x")
     with pytest.raises(ScheduleError, match="empty"):
         parse_step_list(" , ")
+
+
+def test_saved_files_are_compact_and_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "s.json"
+    Schedule.from_steps([0, 1, 4, 9], 10).save(path, note="steps [0,1] in text stay as written")
+    text = path.read_text()
+    assert '"compute_steps": [0, 1, 4, 9]' in text and "steps [0,1] in text" in text
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask  # as any new file, not mkstemp's 0600
