@@ -122,7 +122,10 @@ class FlowSampler:
         null_class: int,
         mode: str = "blocks",
     ) -> None:
-        self.noise, self.sigmas = noise, [float(s) for s in sigmas]
+        # the float32 grid is kept for the Euler update, so that an all-compute run matches a plain
+        # Euler sampler on the same grid bit for bit
+        self.grid = torch.as_tensor(sigmas, dtype=torch.float32, device=noise.device)
+        self.noise, self.sigmas = noise, [float(s) for s in self.grid]
         self.steps = len(self.sigmas) - 1
         self.velocity = CachedVelocity(model, labels, cfg_scale, null_class, mode)
         self.last_report = None
@@ -158,7 +161,7 @@ class FlowSampler:
         run = CacheRun(Schedule.from_mask(effective), mode=self.velocity.mode)
         result = SamplingResult(final=x, model_calls=0, states=[x] if record else None)
         for k in range(start, stop):
-            t, t_next = self.sigmas[k], self.sigmas[k + 1]
+            t = self.sigmas[k]
             v, computed = self.velocity(run, k, x, t)
             if computed:
                 result.model_calls += 1
@@ -169,7 +172,7 @@ class FlowSampler:
             elif k in probe:
                 result.model_calls += 1
                 result.denoised[k] = x - t * self.velocity.full(x, t)
-            x = x + (t_next - t) * v
+            x = x + (self.grid[k + 1] - self.grid[k]) * v
             if record:
                 result.states.append(x)
         result.final = x

@@ -56,8 +56,7 @@ def test_cached_sampling_with_all_compute_is_bit_identical_to_uncached(make_samp
             cached = sampler.sample(Schedule.all_compute(10))
             x = sampler.noise
             for k in range(10):
-                t, t_next = sampler.sigmas[k], sampler.sigmas[k + 1]
-                x = x + (t_next - t) * sampler.velocity.full(x, t)
+                x = x + (sampler.grid[k + 1] - sampler.grid[k]) * sampler.velocity.full(x, sampler.sigmas[k])
             assert torch.equal(cached, x), (mode, cfg)
 
 
