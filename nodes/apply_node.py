@@ -35,8 +35,11 @@ def _remove_previous(patcher: Any) -> bool:
 
 
 def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_percent: float = 0.0,
-                  end_percent: float = 1.0) -> Any:
-    """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``."""
+                  end_percent: float = 1.0, *, quiet: bool = False) -> Any:
+    """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``.
+
+    ``quiet`` reports runs at debug level (calibration makes hundreds of short runs).
+    """
     if not isinstance(plan, SchedulePlan):
         raise OTCacheError("'schedule' must come from an OTCache Schedule node")
     if mode not in MODE_CHOICES:
@@ -65,9 +68,9 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
         )
     chosen = mode if mode != "auto" else ("blocks" if family.patch != "none" else "model")
     patched = model.clone()
-    if _remove_previous(patched):
+    if _remove_previous(patched) and not quiet:
         log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
-    config = CacheConfig(plan, chosen, family, start_percent, end_percent)
+    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet)
     import comfy.patcher_extension as pe
 
     patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(config))

@@ -52,6 +52,8 @@ class CacheConfig:
     family: FamilySpec
     start_percent: float = 0.0
     end_percent: float = 1.0
+    quiet: bool = False
+    """Report at debug level (the many short runs of a calibration)."""
 
 
 @dataclass
@@ -82,13 +84,19 @@ class RunState:
         """Stage kind -> the tensor streams among them, whose residuals are cached."""
         self.call: CallState | None = None
         self.disabled: str | None = None
+        self.passthrough = False
+        """While true, model calls bypass the cache entirely (calibration probes of the full model)."""
 
     def disable(self, reason: str) -> None:
         """Stop reusing for the rest of the run (every later call computes) and say why."""
         if self.disabled is None:
             self.disabled = reason
             self.cache.notes.append(f"caching stopped: {reason}")
-            log.warning("OTCache: %s; computing every remaining step", reason)
+            _warn(self.config, "OTCache: %s; computing every remaining step", reason)
+
+
+def _warn(config: CacheConfig, message: str, *args: Any) -> None:
+    (log.debug if config.quiet else log.warning)(message, *args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,11 +138,11 @@ def start_run(config: CacheConfig, patcher: Any, sigmas: torch.Tensor, sampler: 
         notes.append(note)
     if schedule.budget >= T:
         notes.append(f"nothing to skip: the schedule computes all {T} steps (budget >= steps; few-step run?)")
-        log.warning("OTCache: the schedule computes all %d steps of this run; nothing is skipped", T)
+        _warn(config, "OTCache: the schedule computes all %d steps of this run; nothing is skipped", T)
     name = _sampler_name(sampler)
     if "ancestral" in name or "sde" in name:
         notes.append(f"sampler {name} adds noise every step: reused residuals were computed on other noise")
-        log.warning("OTCache: sampler %s adds noise every step; expect lower fidelity from reused steps", name)
+        _warn(config, "OTCache: sampler %s adds noise every step; expect lower fidelity from reused steps", name)
     top = _max_sigma(patcher)
     if top is not None and sigma_list[0] < top * 0.999:
         notes.append(f"partial run (starts at sigma {sigma_list[0]:.4g} < {top:.4g}): scheduled as its own {T}-step run")
@@ -175,7 +183,7 @@ class OuterSampleWrapper:
             guider.model_options = original
             report = run.cache.report()
             run.cache.clear()
-            log.info(report.line())
+            (log.debug if self.config.quiet else log.info)(report.line())
             _notify(report)
 
 
@@ -228,7 +236,7 @@ class ApplyModelWrapper:
     def __call__(self, executor, *args, **kwargs):
         to = _transformer_options(args, kwargs)
         run: RunState | None = to.get(RUN_KEY)
-        if run is None:  # a model call outside a sampling run (or from a guider without wrappers)
+        if run is None or run.passthrough:  # outside a sampling run, or a calibration probe
             return executor(*args, **kwargs)
         x, t = args[0], args[1]
         sigma = float(t.reshape(-1)[0])
@@ -382,14 +390,17 @@ _FOREIGN_OPTION_KEYS = ("easycache", "teacache", "magcache", "fbcache", "lemica"
 
 
 def foreign_caches(model_options: dict) -> list[str]:
-    """Names of other step caches found in ``model_options`` (wrappers or state by known keys)."""
+    """Names of other step caches found in ``model_options`` (wrappers or state by known keys).
+
+    Our own keys all start with ``otcache``.
+    """
     to = model_options.get("transformer_options", {}) or {}
     found = []
     for wrapper_type, keyed in (to.get("wrappers") or {}).items():
         for key in keyed:
-            if key != KEY and isinstance(key, str) and "cache" in key.lower():
+            if isinstance(key, str) and "cache" in key.lower() and not key.startswith(KEY):
                 found.append(f"{key} ({wrapper_type} wrapper)")
     for key in to:
-        if key != RUN_KEY and any(k in str(key).lower() for k in _FOREIGN_OPTION_KEYS):
+        if not str(key).startswith(KEY) and any(k in str(key).lower() for k in _FOREIGN_OPTION_KEYS):
             found.append(str(key))
     return sorted(set(found))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,20 @@ class AnchorResult:
         return out
 
 
+def _open_study(optuna, study_name: str | None, storage: str | None, sampler, attempts: int = 5):
+    """Create or load the study; retried, because two workers starting at once race to create it."""
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+            )
+        except Exception as exc:  # bad URL, unreachable server, missing driver, or the creation race
+            if attempt == attempts - 1:
+                raise OTCacheError(f"cannot open the Optuna storage {storage!r}: {exc}") from exc
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def search_anchor(
     objective: ScheduleObjective,
     steps: int,
@@ -131,12 +146,7 @@ def search_anchor(
         sampler = optuna.samplers.TPESampler(
             seed=seed, multivariate=True, n_startup_trials=max(1, min(10, n_trials // 3))
         )
-    try:
-        study = optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
-        )
-    except Exception as exc:  # bad URL, unreachable server, missing driver
-        raise OTCacheError(f"cannot open the Optuna storage {storage!r}: {exc}") from exc
+    study = _open_study(optuna, study_name, storage, sampler)
 
     done_state = optuna.trial.TrialState.COMPLETE
     known: dict[tuple[int, ...], float] = {}

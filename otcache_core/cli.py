@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limit_threads(limit: int = 2) -> None:
+    """The testbed model is small: more than two CPU threads mostly adds contention (and timings
+    from a fixed thread count are comparable across machines)."""
+    import torch
+
+    torch.set_num_threads(max(1, min(limit, torch.get_num_threads())))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -151,10 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             from .demo import run_demo
 
+            _limit_threads()
             run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
         elif args.command == "bench":
             from .bench import run_bench
 
+            _limit_threads()
             run_bench(json_path=args.json_out, quick=args.quick, seed=args.seed)
     except (UsageError, OTCacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -84,3 +84,75 @@ def text_block(lines: Sequence[str], *, width: int | None = None) -> np.ndarray:
     for i, line in enumerate(lines):
         draw.text((4, 2 + 14 * i), line, fill=TEXT, font=font)
     return np.asarray(image, dtype=np.uint8)
+
+
+def heatmap(matrix: np.ndarray, *, cell: int = 6, title: str = "") -> np.ndarray:
+    """An error matrix as an image: log-scaled, dark = large error, white = unmeasured (NaN).
+
+    Row ``i`` (top to bottom) and column ``j`` (left to right) are graph nodes, so the upper triangle
+    holds the measured segments ``i -> j``.
+    """
+    m = np.asarray(matrix, dtype=float)
+    finite = m[np.isfinite(m) & (m > 0)]
+    lo, hi = (np.log10(finite.min()), np.log10(finite.max())) if finite.size else (0.0, 1.0)
+    span = max(hi - lo, 1e-9)
+    level = np.where(np.isfinite(m) & (m > 0), (np.log10(np.where(m > 0, m, 1.0)) - lo) / span, np.nan)
+    rgb = np.full(m.shape + (3,), 255, dtype=np.uint8)
+    known = np.isfinite(level)
+    # light yellow (small) -> dark red (large)
+    low, high = np.array([255, 245, 200]), np.array([120, 0, 20])
+    rgb[known] = (low + (high - low) * level[known][:, None]).astype(np.uint8)
+    rgb[np.isfinite(m) & (m == 0)] = (235, 235, 235)
+    image = np.kron(rgb, np.ones((cell, cell, 1), dtype=np.uint8))
+    if title:
+        caption = f"{title} (log scale, {10 ** lo:.2g} .. {10 ** hi:.2g})" if finite.size else title
+        return stack_vertically([text_block([caption]), image], pad=2)
+    return image
+
+
+def line_plot(series: Sequence[tuple[str, Sequence[float], tuple[int, int, int]]], *, width: int = 360,
+              height: int = 160, title: str = "", x_label: str = "", y_label: str = "") -> np.ndarray:
+    """Simple line plot of one or more ``(name, values, color)`` series against their index."""
+    font = _font()
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    values = [v for _, ys, _ in series for v in ys if np.isfinite(v)]
+    if not values:
+        draw.text((8, height // 2), "no data", fill=TEXT, font=font)
+        return np.asarray(image, dtype=np.uint8)
+    lo, hi = min(values), max(values)
+    hi = hi if hi > lo else lo + 1.0
+    n = max(len(ys) for _, ys, _ in series)
+    left, right, top, bottom = 44, width - 8, 16, height - 18
+    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+    for frac, value in ((0.0, lo), (1.0, hi)):
+        y = bottom - frac * (bottom - top)
+        draw.text((2, y - 6), f"{value:.3g}", fill=TEXT, font=font)
+    draw.text((left, 2), title, fill=TEXT, font=font)
+    draw.text((left, bottom + 3), x_label, fill=TEXT, font=font)
+    if y_label:
+        draw.text((right - _text_width(draw, y_label, font), 2), y_label, fill=TEXT, font=font)
+    for row, (name, ys, color) in enumerate(series):
+        pts = [
+            (left + (i / max(1, n - 1)) * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top))
+            for i, y in enumerate(ys)
+            if np.isfinite(y)
+        ]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        elif pts:
+            draw.ellipse([pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2], fill=color)
+        draw.text((left + 6, top + 2 + 12 * row), name, fill=color, font=font)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def side_by_side(images: Sequence[np.ndarray], *, pad: int = 8) -> np.ndarray:
+    """Place images left to right on white, top-aligned."""
+    height = max(im.shape[0] for im in images)
+    width = sum(im.shape[1] for im in images) + pad * (len(images) - 1)
+    out = np.full((height, width, 3), 255, dtype=np.uint8)
+    x = 0
+    for im in images:
+        out[: im.shape[0], x : x + im.shape[1]] = im
+        x += im.shape[1] + pad
+    return out

@@ -11,17 +11,20 @@ Two reuse modes, both through :class:`otcache_core.runtime.CacheRun`:
 * ``model``: the change of the whole model output against its input (``v - x``) per stream.
 
 :class:`FlowSampler` implements :class:`otcache_core.calibrate.Sampler` for the calibration stages.
+With a :class:`~otcache_core.runtime.StepPolicy` a run decides its steps at runtime instead (the
+adaptive baselines); the policy sees :class:`StepInputs` and the cached part's output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from .calibrate import SamplingResult
-from .runtime import CacheRun
+from .runtime import CacheRun, StepPolicy
 from .schedule import Schedule
 
 MODES: tuple[str, ...] = ("blocks", "model")
@@ -37,6 +40,21 @@ class SplitModel(Protocol):
     def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor: ...
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What a step policy may look at for one model call (all rows: cond then uncond).
+
+    ``x`` is the model input, ``inp`` the input of the cached part (the block-stack input ``h`` in
+    ``blocks`` mode, ``x`` in ``model`` mode), ``c`` the conditioning vector (``None`` in ``model``
+    mode) and ``t`` the time of the step.
+    """
+
+    x: torch.Tensor
+    inp: torch.Tensor
+    c: torch.Tensor | None
+    t: float
 
 
 def _streams(rows: int, cfg: bool) -> list[tuple[str, slice]]:
@@ -79,7 +97,8 @@ class CachedVelocity:
         start = run.clock(x.device)
         if self.mode == "model":
             keys = [("model", name) for name, _ in streams]
-            reuse = run.plan_call(step, run.ready(keys, like=xx[streams[0][1]]))
+            features = StepInputs(xx, xx, None, t) if run.policy is not None else None
+            reuse = run.plan_call(step, run.ready(keys, like=xx[streams[0][1]]), features)
             if reuse:
                 out = torch.cat([xx[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
             else:
@@ -87,10 +106,12 @@ class CachedVelocity:
                 if out.shape == xx.shape:
                     for key, (_, rows) in zip(keys, streams):
                         run.store(key, out[rows] - xx[rows])
+                run.observe(step, features, out)
         else:
             keys = [("blocks", name) for name, _ in streams]
             h, c = self.model.embed(xx, tt, self.labels)
-            reuse = run.plan_call(step, run.ready(keys, like=h[streams[0][1]]))
+            features = StepInputs(xx, h, c, t) if run.policy is not None else None
+            reuse = run.plan_call(step, run.ready(keys, like=h[streams[0][1]]), features)
             if reuse:
                 h_out = torch.cat([h[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
             else:
@@ -99,6 +120,7 @@ class CachedVelocity:
                     h_out = block(h_out, c)
                 for key, (_, rows) in zip(keys, streams):
                     run.store(key, h_out[rows] - h[rows])
+                run.observe(step, features, h_out)
             out = self.model.head(h_out, c)
         run.add_call(reuse, run.clock(x.device) - start)
         return self._guide(out, x.shape[0]), not reuse
@@ -134,9 +156,9 @@ class FlowSampler:
     def step_sizes(self) -> list[float]:
         return [abs(b - a) for a, b in zip(self.sigmas, self.sigmas[1:])]
 
-    def sample(self, schedule: Schedule) -> torch.Tensor:
-        """The final latent under ``schedule`` (its report lands in ``last_report``)."""
-        return self.run(schedule.mask()).final
+    def sample(self, schedule: Schedule, *, policy: StepPolicy | None = None) -> torch.Tensor:
+        """The final latent under ``schedule`` or ``policy`` (the report lands in ``last_report``)."""
+        return self.run(schedule.mask(), policy=policy).final
 
     @torch.no_grad()
     def run(
@@ -148,7 +170,10 @@ class FlowSampler:
         stop: int | None = None,
         record: bool = False,
         probe: Collection[int] = (),
+        policy: StepPolicy | None = None,
     ) -> SamplingResult:
+        """See :class:`~otcache_core.calibrate.Sampler`; ``policy`` decides reuse at runtime instead of
+        ``mask`` (give an all-true mask)."""
         T = self.steps
         stop = T if stop is None else stop
         if len(mask) != T or not 0 <= start < stop <= T:
@@ -158,7 +183,7 @@ class FlowSampler:
         x = self.noise if state is None else state
         # steps before `start` are not run; step `start` computes (nothing is cached yet)
         effective = [True] * (start + 1) + list(mask[start + 1 :])
-        run = CacheRun(Schedule.from_mask(effective), mode=self.velocity.mode)
+        run = CacheRun(Schedule.from_mask(effective), mode=self.velocity.mode, policy=policy)
         result = SamplingResult(final=x, model_calls=0, states=[x] if record else None)
         for k in range(start, stop):
             t = self.sigmas[k]

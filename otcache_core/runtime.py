@@ -10,6 +10,11 @@ cond and uncond, batch rows of different prompts and block stages never mix. A s
 only reused for an input of the same shape, dtype and device; anything else forces a computation.
 Reuse happens only where the schedule says so *and* every needed stream has a residual: an
 all-compute schedule therefore never touches a stored tensor and is exact by construction.
+
+A run may instead follow a runtime-adaptive :class:`StepPolicy` (the TeaCache-, MagCache- and
+EasyCache-style baselines of :mod:`otcache_core.baselines`): the schedule is then only the default,
+and the policy decides each step once, on the step's first call, from host-supplied features; the
+report lists the steps as actually decided.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import bisect
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -113,13 +119,37 @@ class RunReport:
         }
 
 
-class CacheRun:
-    """State of one sampling run under one schedule."""
+class StepPolicy(Protocol):
+    """A runtime-adaptive compute/reuse rule, consulted once per step.
 
-    def __init__(self, schedule: Schedule, *, mode: str = "blocks", notes: Iterable[str] = ()) -> None:
+    ``features`` is whatever the host passes for the call (e.g. the model input and the block-stack
+    input); ``output`` is the cached part's output of a computed call. The engine calls
+    :meth:`reset` when a run starts, so a policy object carries no state from one run to the next.
+    """
+
+    def reset(self, steps: int) -> None: ...
+
+    def decide(self, step: int, features: Any) -> bool:
+        """``True``: compute this step; ``False``: reuse the stored residual."""
+        ...
+
+    def observe(self, step: int, features: Any, output: Any) -> None:
+        """Called after each computed call with what the call produced."""
+        ...
+
+
+class CacheRun:
+    """State of one sampling run under one schedule (or one :class:`StepPolicy`)."""
+
+    def __init__(self, schedule: Schedule, *, mode: str = "blocks", notes: Iterable[str] = (),
+                 policy: StepPolicy | None = None) -> None:
         self.schedule = schedule
         self.mode = mode
         self.notes = list(notes)
+        self.policy = policy
+        self._decided: set[int] = set()
+        if policy is not None:
+            policy.reset(schedule.steps)
         self._mask = schedule.mask()
         self._residuals: dict[Hashable, torch.Tensor] = {}
         self._status: dict[int, str] = {}  # step -> "computed" | "reused" | "forced"
@@ -132,13 +162,19 @@ class CacheRun:
         """What the schedule says for ``step`` (steps outside ``[0, T)`` are computed)."""
         return not (0 <= step < len(self._mask)) or self._mask[step]
 
-    def plan_call(self, step: int, ready: bool) -> bool:
+    def plan_call(self, step: int, ready: bool, features: Any = None) -> bool:
         """Decide one model call at ``step``: ``True`` = reuse.
 
         Reuse needs the schedule to say so and the host to be ``ready`` (a usable residual stored
         for every stream of the call, see :meth:`ready`). The step's status in the report follows:
         any computed call makes it computed, and "forced" when the schedule said reuse.
+        With a policy, its decision on the step's first call (given ``features``) replaces the
+        schedule's for that step; step 0 is always computed.
         """
+        if self.policy is not None and 0 <= step < len(self._mask) and step not in self._decided:
+            self._decided.add(step)  # multi-evaluation samplers: decide once per step
+            compute = bool(self.policy.decide(step, features))  # asked at step 0 too: it may record
+            self._mask[step] = compute or step == 0
         reuse = ready and not self.scheduled_compute(step)
         if reuse:
             self._status.setdefault(step, "reused")
@@ -147,6 +183,11 @@ class CacheRun:
         elif self._status.get(step) != "computed":
             self._status[step] = "forced"
         return reuse
+
+    def observe(self, step: int, features: Any, output: Any) -> None:
+        """Tell the policy (if any) what a computed call at ``step`` produced."""
+        if self.policy is not None:
+            self.policy.observe(step, features, output)
 
     def ready(self, keys: Iterable[Hashable], like: torch.Tensor | None = None) -> bool:
         """Whether every key has a stored residual (of ``like``'s layout when given)."""
@@ -184,9 +225,11 @@ class CacheRun:
         computed = sorted(s for s, v in self._status.items() if v in ("computed", "forced"))
         reused = sorted(s for s, v in self._status.items() if v == "reused")
         forced = sorted(s for s, v in self._status.items() if v == "forced")
+        # with a policy, "scheduled" is what the policy decided (undecided steps keep the default)
+        scheduled = self.schedule if self.policy is None else Schedule.from_mask(self._mask)
         return RunReport(
             steps=self.schedule.steps,
-            scheduled=self.schedule,
+            scheduled=scheduled,
             computed=computed,
             reused=reused,
             forced=forced,

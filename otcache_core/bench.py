@@ -1,0 +1,440 @@
+"""``python -m otcache_core bench``: schedule methods side by side on the testbed, at equal compute.
+
+One run, one model, one set of held-out evaluation samples (other seeds and classes than the
+calibration samples), the same budgets ``B`` (computed steps of ``T``) for every method:
+
+* **otcache**: one calibration (edge errors, leximax reference at ``B_ref ~ T/2``, Optuna anchor at
+  ``B_anchor ~ T/5``), every budget by quantile interpolation; variants: ``lambda`` linear in ``1/B``
+  (``otcache-inverse``), a warm-up prefix (``otcache-warmupP``), the reference from ``global`` or
+  ``drift`` edge errors with the same anchor (``otcache-global``, ``otcache-drift``), and reuse of the
+  whole model output with its own calibration (``otcache-model``, mode ``model``);
+* **lemica**: the leximax graph path solved at each budget from the same edge errors (and from
+  ``global`` errors, LeMiCa's own strength: ``lemica-global``);
+* **uniform** spacing and the published-style **hand** schedule
+  (:func:`otcache_core.baselines.hand_schedule`);
+* runtime-adaptive **teacache**, **magcache**, **easycache** (:mod:`otcache_core.baselines`), their
+  thresholds bisected on the evaluation batch until they compute exactly ``B`` steps.
+
+Fidelity is PSNR/SSIM of decoded images and relative L1 of latents against full compute; speedups
+are ideal (``T/B``) and measured (median wall time of full runs over cached runs, same process).
+This is a benchmark, not a test: the numbers are what they are.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from .baselines import ThresholdPolicy, hand_schedule, make_policies, tune_threshold
+from .calibrate import (
+    CalibrationSettings,
+    calibrate,
+    default_budgets,
+    edge_errors_drift,
+    edge_errors_global,
+    edge_errors_rollout,
+    estimated_edge_calls,
+)
+from .calibration import Calibration, ScheduleRecord, matrix_to_json
+from .graph import solve_reference
+from .jsonfile import save_json
+from .metrics import perceptual_objective
+from .plan import BudgetRule, SchedulePlan
+from .schedule import Schedule
+from .testbed_task import (
+    ProgressBar,
+    SpeedMeter,
+    Task,
+    TaskConfig,
+    fidelity,
+    image_distance,
+    load_task,
+    timed,
+)
+from .warp import identity_warp, sample_warp
+
+BENCH_FORMAT = "otcache.bench"
+BENCH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Sizes of one benchmark run."""
+
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=50, calibration_samples=8, evaluation_samples=16))
+    budgets: tuple[int, ...] = (25, 17, 13, 10, 8)
+    trials: int = 40
+    max_skip: int = 10
+    strength: str = "rollout"
+    """Edge strength of the main OTCache calibration (and of ``lemica``)."""
+    other_strengths: tuple[str, ...] = ("global", "drift")
+    global_samples: int | None = None
+    """Calibration samples for the ``global`` edge errors (``None``: all); it costs ~K T^2 / 2 calls."""
+    warmup: int = 3
+    model_mode: bool = True
+    repeats: int = 3
+    tune_evaluations: int = 30
+
+
+def bench_settings(quick: bool) -> BenchSettings:
+    """The full benchmark (T = 50) or a smoke run (T = 20, few samples and trials)."""
+    if quick:
+        return BenchSettings(
+            task=TaskConfig(steps=20, calibration_samples=2, evaluation_samples=4),
+            budgets=(10, 7, 5, 4), trials=8, global_samples=2, repeats=1, tune_evaluations=20,
+        )
+    return BenchSettings()
+
+
+@dataclass
+class BenchRow:
+    """One method at one budget."""
+
+    method: str
+    budget: int
+    psnr: float
+    ssim: float
+    rel_l1: float
+    speedup_ideal: float
+    speedup_measured: float
+    mode: str = "blocks"
+    compute_steps: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "budget": self.budget, "psnr": _finite(self.psnr), "ssim": self.ssim,
+            "rel_l1": self.rel_l1, "speedup_ideal": self.speedup_ideal, "speedup_measured": self.speedup_measured,
+            "mode": self.mode, "compute_steps": list(self.compute_steps), **self.extra,
+        }
+
+
+@dataclass
+class BenchResult:
+    steps: int
+    rows: list[BenchRow]
+    calibration_cost: dict[str, Any]
+    document: dict[str, Any]
+    seconds: float
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+# -- calibrations ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibrations:
+    """Everything the static methods are built from."""
+
+    main: Calibration
+    errors: dict[str, np.ndarray]
+    """Edge-error matrix per strength."""
+    references: dict[str, Schedule]
+    """Leximax reference at ``B_ref`` per strength."""
+    model_mode: Calibration | None
+    cost: dict[str, Any]
+
+
+def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: ProgressBar) -> Calibrations:
+    T = task.steps
+    ref_budget, anchor_budget = default_budgets(T)
+    objective = perceptual_objective()
+    if objective.note:
+        bar.message(f"note: {objective.note}")
+    distance = image_distance(objective.distance)
+    cal_settings = CalibrationSettings(ref_budget, anchor_budget, strength=settings.strength,
+                                       max_skip=settings.max_skip, trials=settings.trials, seed=seed)
+
+    def run(mode: str) -> tuple[Calibration, np.ndarray]:
+        bar.message(f"calibration ({mode} reuse, {settings.strength} edges, {len(task.calibration)} samples)")
+        outcome = calibrate(task.sampler(task.calibration, mode), cal_settings, distance=distance,
+                            objective_name=objective.name, name=f"testbed-T{T}-{mode}", model=task.model_info,
+                            sampler_info=task.sampler_info(mode), progress=bar, log=bar.message)
+        return outcome.calibration, outcome.errors
+
+    main, main_errors = run("blocks")
+    cost: dict[str, Any] = {"otcache": _cost_entry(main, len(task.calibration), objective.name)}
+    errors = {settings.strength: main_errors}
+    references = {settings.strength: main.reference.schedule}
+    edge_cost = {settings.strength: {"samples": len(task.calibration), "model_calls": main.cost["model_calls"]["edges"],
+                                     "seconds": main.cost["seconds"]["edges"]}}
+    for strength in settings.other_strengths:
+        samples = task.calibration
+        if strength == "global" and settings.global_samples:
+            samples = samples.subset(settings.global_samples)
+        sampler = task.sampler(samples)
+        bar.message(f"{strength} edge errors on {len(samples)} samples: about "
+                    f"{estimated_edge_calls(strength, T, settings.max_skip)} model calls")
+        (full, full_s) = timed(lambda: sampler.run([True] * T, record=True))
+        start = time.perf_counter()
+        if strength == "global":
+            w, calls = edge_errors_global(sampler, full, settings.max_skip, bar)
+        elif strength == "rollout":
+            w, calls = edge_errors_rollout(sampler, full, settings.max_skip, bar)
+        else:
+            w, calls = edge_errors_drift(sampler, full, settings.max_skip)
+        seconds = time.perf_counter() - start
+        errors[strength] = w
+        references[strength] = solve_reference(w, T, ref_budget, max_skip=settings.max_skip).schedule
+        edge_cost[strength] = {"samples": len(samples), "model_calls": calls, "seconds": round(seconds, 3),
+                               "trajectory_calls": full.model_calls, "trajectory_seconds": round(full_s, 3)}
+        bar.message(f"{strength}: reference {list(references[strength].compute_steps)} "
+                    f"({calls} calls, {seconds:.1f} s)")
+    cost["edges"] = edge_cost
+    model_mode = None
+    if settings.model_mode:
+        model_mode, _ = run("model")
+        cost["otcache-model"] = _cost_entry(model_mode, len(task.calibration), objective.name)
+    return Calibrations(main, errors, references, model_mode, cost)
+
+
+def _cost_entry(calibration: Calibration, samples: int, objective: str) -> dict[str, Any]:
+    calls, seconds = calibration.cost["model_calls"], calibration.cost["seconds"]
+    return {"samples": samples, "strength": calibration.edge_errors["strength"], "objective": objective,
+            "model_calls": calls, "seconds": seconds, "total_model_calls": sum(calls.values()),
+            "total_seconds": round(sum(seconds.values()), 3)}
+
+
+def _with_reference(calibration: Calibration, reference: Schedule, strength: str) -> Calibration:
+    """The main calibration with another reference (same anchor): isolates the edge strength."""
+    return replace(calibration, reference=ScheduleRecord(reference, "leximax", None, {"strength": strength}))
+
+
+# -- methods ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaticMethod:
+    """A method that fixes the schedule before sampling."""
+
+    name: str
+    schedule: Callable[[int], tuple[Schedule, dict[str, Any]]]
+    mode: str = "blocks"
+    min_budget: int = 1
+    """Smallest budget the method can meet exactly (a warm-up prefix of P needs P + 1)."""
+
+
+def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> list[StaticMethod]:
+    T, K = task.steps, settings.max_skip
+
+    def otcache(calibration: Calibration, **plan_kwargs: Any) -> Callable[[int], tuple[Schedule, dict]]:
+        def make(B: int) -> tuple[Schedule, dict]:
+            plan = SchedulePlan.from_calibration(calibration, BudgetRule("steps", B, T), **plan_kwargs)
+            p = plan.resolve(T).prediction
+            return p.schedule, {"lambda": p.lam, "regime": p.regime, "extrapolated": p.extrapolated}
+        return make
+
+    def graph(errors: np.ndarray) -> Callable[[int], tuple[Schedule, dict]]:
+        def make(B: int) -> tuple[Schedule, dict]:
+            path = solve_reference(errors, T, B, max_skip=K)
+            return path.schedule, {"worst_segment": path.worst_segment}
+        return make
+
+    main = cals.main
+    methods = [
+        StaticMethod("otcache", otcache(main)),
+        StaticMethod("otcache-inverse", otcache(main, mapping="inverse")),
+        StaticMethod(f"otcache-warmup{settings.warmup}", otcache(main, warmup=settings.warmup),
+                     min_budget=settings.warmup + 2),
+    ]
+    for strength in settings.other_strengths:
+        methods.append(StaticMethod(f"otcache-{strength}",
+                                    otcache(_with_reference(main, cals.references[strength], strength))))
+    if cals.model_mode is not None:
+        methods.append(StaticMethod("otcache-model", otcache(cals.model_mode), mode="model"))
+    methods.append(StaticMethod("lemica", graph(cals.errors[settings.strength])))
+    if "global" in cals.errors and settings.strength != "global":
+        methods.append(StaticMethod("lemica-global", graph(cals.errors["global"])))
+    methods.append(StaticMethod("uniform", lambda B: (sample_warp(identity_warp(), T, B), {})))
+    methods.append(StaticMethod("hand", lambda B: (hand_schedule(T, B), {})))
+    return methods
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+
+def run_bench(json_path: str | Path | None = None, quick: bool = False, seed: int = 0, *,
+              task: Task | None = None, settings: BenchSettings | None = None,
+              stream: TextIO | None = None, progress: ProgressBar | None = None) -> BenchResult:
+    """Run every method at every budget; print the markdown table; write ``json_path`` if given."""
+    started = time.perf_counter()
+    out = stream if stream is not None else sys.stdout
+    bar = progress or ProgressBar()
+    settings = settings or bench_settings(quick)
+    task = task or load_task(settings.task, seed)
+    T = task.steps
+    budgets = sorted({b for b in settings.budgets if 1 <= b <= T}, reverse=True)
+
+    cals = _calibrate_all(task, settings, seed, bar)
+    bar.message("adaptive baselines: calibrating from one full run of the calibration samples")
+    (policies, policy_info), policy_s = timed(lambda: make_policies(task.sampler(task.calibration), task.model,
+                                                                    max_skip=settings.max_skip))
+    cals.cost["adaptive"] = {**{k: v for k, v in policy_info.items() if k != "calibration_calls"},
+                             "samples": len(task.calibration), "model_calls": policy_info["calibration_calls"],
+                             "seconds": round(policy_s, 3), "tuning_runs": {}}
+
+    samplers = {"blocks": task.sampler(task.evaluation, "blocks")}
+    if settings.model_mode:
+        samplers["model"] = task.sampler(task.evaluation, "model")
+    every = Schedule.all_compute(T)
+    full = samplers["blocks"].sample(every)
+    meter = SpeedMeter(lambda: samplers["blocks"].sample(every), repeats=settings.repeats)
+    methods = static_methods(task, cals, settings)
+    rows: list[BenchRow] = []
+    lower: dict[str, float] = {}
+    total = len(budgets) * (len(methods) + len(policies))
+    done = 0
+    for B in budgets:
+        meter.refresh_full()  # full-compute timings next to this budget's cached ones
+        for method in methods:
+            done += 1
+            bar("methods", done, total)
+            if method.min_budget > B:
+                continue
+            schedule, extra = method.schedule(B)
+            sampler = samplers[method.mode]
+            rows.append(_evaluate(method.name, method.mode, sampler, meter, full, B, extra,
+                                  lambda: sampler.sample(schedule), schedule))
+        for name, policy in policies.items():
+            tuned = tune_threshold(samplers["blocks"], policy, B, lower=lower.get(name),
+                                   max_evaluations=settings.tune_evaluations)
+            lower[name] = tuned.policy.threshold
+            cals.cost["adaptive"]["tuning_runs"][f"{name}@{B}"] = tuned.evaluations
+            sampler = samplers["blocks"]
+            extra = {"threshold": tuned.policy.threshold, "capped": tuned.capped, "tuning_runs": tuned.evaluations}
+            rows.append(_evaluate(name, "blocks", sampler, meter, full, B, extra,
+                                  lambda: sampler.sample(every, policy=tuned.policy), None))
+            done += 1
+            bar("methods", done, total)
+
+    document = _document(task, settings, cals, rows, time.perf_counter() - started)
+    if json_path is not None:
+        path = Path(json_path)
+        existed = path.exists()
+        save_json(path, document, overwrite=True)  # the file named on the command line is the output
+        bar.message(f"{'replaced' if existed else 'wrote'} {path}")
+    print(format_report(document), file=out)
+    return BenchResult(T, rows, cals.cost, document, time.perf_counter() - started)
+
+
+def _evaluate(method: str, mode: str, sampler, meter: SpeedMeter, full: torch.Tensor, budget: int,
+              extra: dict[str, Any], run: Callable[[], torch.Tensor], schedule: Schedule | None) -> BenchRow:
+    """Fidelity and speed of one run; for adaptive runs the schedule is what the policy computed."""
+    cached, seconds = timed(run)
+    steps = list(sampler.last_report.computed) if schedule is None else list(schedule.compute_steps)
+    speed, _ = meter.speedup(run, seconds)
+    fid = fidelity(cached, full)
+    T = sampler.steps
+    return BenchRow(method, budget, fid.psnr, fid.ssim, fid.rel_l1, T / len(steps), speed, mode, steps, extra)
+
+
+def _document(task: Task, settings: BenchSettings, cals: Calibrations, rows: Sequence[BenchRow],
+              seconds: float) -> dict[str, Any]:
+    main = cals.main
+    return {
+        "format": BENCH_FORMAT,
+        "version": BENCH_VERSION,
+        "steps": task.steps,
+        "budgets": sorted({r.budget for r in rows}, reverse=True),
+        "results": [r.to_dict() for r in rows],
+        "calibration_cost": cals.cost,
+        "calibration": {
+            "reference": list(main.reference.schedule.compute_steps),
+            "anchor": list(main.anchor.schedule.compute_steps),
+            "anchor_score": main.anchor.score,
+            "references": {k: list(v.compute_steps) for k, v in cals.references.items()},
+            "model_mode_anchor": None if cals.model_mode is None else list(cals.model_mode.anchor.schedule.compute_steps),
+            "edge_errors": {k: matrix_to_json(v) for k, v in cals.errors.items()},
+        },
+        "task": {
+            "model": task.model_info, "sampler": task.sampler_info(), "calibration_samples": len(task.calibration),
+            "evaluation_samples": len(task.evaluation), "evaluation_classes": list(task.config.evaluation_classes),
+            "calibration_classes": list(task.config.calibration_classes),
+            "global_samples": settings.global_samples or len(task.calibration),
+            "trials": settings.trials, "max_skip": settings.max_skip, "repeats": settings.repeats,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "seconds": round(seconds, 1),
+    }
+
+
+# -- reporting --------------------------------------------------------------------------------------------
+
+
+def format_report(document: dict[str, Any]) -> str:
+    """The results as markdown: the full table, PSNR by method and budget, winners, calibration cost."""
+    rows = document["results"]
+    T = document["steps"]
+    lines = [f"## OTCache bench: T={T}, held-out samples vs full compute", "",
+             "| method | mode | B | ideal speedup | measured speedup | PSNR (dB) | SSIM | rel L1 | compute steps |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: -r["budget"]):
+        psnr = "inf" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        lines.append(f"| {r['method']} | {r['mode']} | {r['budget']} | {r['speedup_ideal']:.2f}x | "
+                     f"{r['speedup_measured']:.2f}x | {psnr} | {r['ssim']:.4f} | {r['rel_l1']:.4f} | "
+                     f"{','.join(map(str, r['compute_steps']))} |")
+    lines += ["", pivot_table(rows, "psnr", "PSNR (dB)"), "", pivot_table(rows, "ssim", "SSIM", digits=4), ""]
+    lines += winners(rows)
+    lines += ["", "### Calibration cost", "", "| what | samples | model calls | seconds |", "|---|---:|---:|---:|"]
+    cost = document["calibration_cost"]
+    for key in ("otcache", "otcache-model"):
+        if key in cost:
+            c = cost[key]
+            lines.append(f"| {key} (all stages, {c['strength']} edges) | {c['samples']} | {c['total_model_calls']} | "
+                         f"{c['total_seconds']:.1f} |")
+    for strength, c in cost.get("edges", {}).items():
+        lines.append(f"| {strength} edge errors only | {c['samples']} | {c['model_calls']} | {c['seconds']:.1f} |")
+    if "adaptive" in cost:
+        c = cost["adaptive"]
+        runs = sum(c["tuning_runs"].values())
+        lines.append(f"| adaptive baselines (ratios, polynomial) | {c['samples']} | {c['model_calls']} | {c['seconds']:.1f} |")
+        lines.append(f"| adaptive threshold tuning (sampling runs on the evaluation batch) | - | {runs} runs | - |")
+    lines.append("")
+    lines.append(f"bench finished in {document['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def pivot_table(rows: Sequence[dict], key: str, label: str, digits: int = 2) -> str:
+    """``key`` by method (rows) and budget (columns); the best value per budget in bold."""
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    value = {(r["method"], r["budget"]): (r[key] if r[key] is not None else float("inf")) for r in rows}
+    best = {b: max(value[(m, b)] for m in methods if (m, b) in value) for b in budgets}
+    lines = [f"| {label} | " + " | ".join(f"B={b}" for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    for m in methods:
+        cells = []
+        for b in budgets:
+            v = value.get((m, b))
+            text = "-" if v is None else f"{v:.{digits}f}"
+            cells.append(f"**{text}**" if v is not None and v == best[b] else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def winners(rows: Sequence[dict]) -> list[str]:
+    """Per budget: the best method by PSNR, and OTCache's margin over the best other method and LeMiCa."""
+    out = ["### Per budget (PSNR)", ""]
+    for b in sorted({r["budget"] for r in rows}, reverse=True):
+        at = {r["method"]: (r["psnr"] if r["psnr"] is not None else float("inf")) for r in rows if r["budget"] == b}
+        best = max(at, key=at.get)
+        line = f"- B={b}: best {best} ({at[best]:.2f} dB)"
+        if "otcache" in at:
+            others = {m: v for m, v in at.items() if not m.startswith("otcache")}
+            if others:
+                rival = max(others, key=others.get)
+                line += f"; otcache {at['otcache']:.2f} dB, {at['otcache'] - others[rival]:+.2f} dB vs best non-OTCache ({rival})"
+            if "lemica" in at:
+                line += f", {at['otcache'] - at['lemica']:+.2f} dB vs lemica"
+        out.append(line)
+    return out
