@@ -20,7 +20,8 @@ def user_calibration_dir() -> Path:
 
 def preset_files() -> dict[str, Path]:
     """Preset name -> file: shipped presets, then the user's saved calibrations."""
-    return list_presets(user_calibration_dir())
+    folder = user_calibration_dir()
+    return list_presets(folder) if folder.is_dir() else list_presets()  # no folder yet: nothing saved
 
 
 def preset_names() -> list[str]:
