@@ -170,7 +170,11 @@ class OuterSampleWrapper:
         sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
         if sigmas.numel() < 2:
             return executor(*args, **kwargs)
-        run = start_run(self.config, guider.model_patcher, sigmas, sampler)
+        try:
+            run = start_run(self.config, guider.model_patcher, sigmas, sampler)
+        except Exception as exc:  # a problem of ours must not cost the user the generation
+            log.error("OTCache: disabled for this run, the schedule could not be prepared: %s", exc)
+            return executor(*args, **kwargs)
         foreign = foreign_caches(guider.model_options)
         if foreign:
             run.disable(f"another step cache is active on this model ({', '.join(foreign)})")
