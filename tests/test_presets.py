@@ -32,13 +32,13 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "published_sche
 # file -> (name, family, families, T, reference budget, anchor budget, method)
 EXPECTED = {
     "flux.1-dev.json": ("flux.1-dev", "flux", ["flux"], 50, 26, 10, "LeMiCa"),
-    "flux.2-dev.json": ("flux.2-dev", "flux2", ["flux2"], 50, 26, 15, "LeMiCa"),
+    "flux.2-dev.json": ("flux.2-dev", "flux2", ["flux2", "flux"], 50, 26, 15, "LeMiCa"),
     "qwen-image.json": ("qwen-image", "qwen_image", ["qwen_image"], 50, 25, 10, "LeMiCa"),
     "qwen-image-2512.json": ("qwen-image-2512", "qwen_image", ["qwen_image"], 50, 25, 10, "MeanCache"),
     "wan2.1-t2v-1.3b.json": ("wan2.1-t2v-1.3b", "wan", ["wan"], 50, 25, 14, "LeMiCa"),
     "wan2.1-t2v-14b.json": ("wan2.1-t2v-14b", "wan", ["wan"], 50, 25, 14, "LeMiCa"),
     "wan2.1-i2v-14b.json": ("wan2.1-i2v-14b", "wan", ["wan"], 40, 25, 14, "LeMiCa"),
-    "hunyuanvideo-1.5.json": ("hunyuanvideo-1.5", "hunyuan_video15", ["hunyuan_video15"], 50, 25, 10, "LeMiCa"),
+    "hunyuanvideo-1.5.json": ("hunyuanvideo-1.5", "hunyuan_video15", ["hunyuan_video15", "hunyuan_video"], 50, 25, 10, "LeMiCa"),
     "z-image.json": ("z-image", "z_image", ["z_image", "lumina2"], 50, 25, 13, "MeanCache"),
     "generic.json": ("generic (FLUX.1-dev published shape, any model)", "any", ["any"], 50, 26, 10, "LeMiCa"),
 }

@@ -79,9 +79,10 @@ SPECS: tuple[PresetSpec, ...] = (
         sampler={"guidance": "guidance-distilled, no CFG branch: one transformer call per step"},
     ),
     PresetSpec(
-        "flux.2-dev", "flux.2-dev", "LeMiCa", "flux2", ("flux2",), "FLUX.2-dev",
+        "flux.2-dev", "flux.2-dev", "LeMiCa", "flux2", ("flux2", "flux"), "FLUX.2-dev",
         sampler={"guidance": "guidance-distilled (embedded guidance): one transformer call per step",
                  "guidance_scale": 4.0},
+        notes=("accepted on models detected as flux too: a ComfyUI may run FLUX.2 through its Flux model class",),
     ),
     PresetSpec(
         "qwen-image", "qwen-image", "LeMiCa", "qwen_image", ("qwen_image",), "Qwen-Image",
@@ -111,9 +112,11 @@ SPECS: tuple[PresetSpec, ...] = (
         notes=("one list set for Wan2.1-I2V-14B-480P and -720P: the source does not branch on the checkpoint",),
     ),
     PresetSpec(
-        "hunyuanvideo-1.5", "hunyuanvideo-1.5-t2v", "LeMiCa", "hunyuan_video15", ("hunyuan_video15",),
+        "hunyuanvideo-1.5", "hunyuanvideo-1.5-t2v", "LeMiCa", "hunyuan_video15", ("hunyuan_video15", "hunyuan_video"),
         "HunyuanVideo-1.5 (T2V and I2V)",
         notes=("built from the T2V lists; the published I2V lists are identical (one dict serves both tasks)",
+               "accepted on models detected as hunyuan_video too: a ComfyUI may run 1.5 through its HunyuanVideo "
+               "model class",
                "the source file of these lists carries a Tencent Hunyuan Community License header while the "
                "repository is Apache-2.0; only the step lists, which are facts, are reproduced here"),
         identical_models=("hunyuanvideo-1.5-i2v",),
