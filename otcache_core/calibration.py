@@ -163,7 +163,7 @@ class Calibration:
             f"reference ({ref.method}) B={ref.schedule.budget}: {list(ref.schedule.compute_steps)}",
             f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}",
         ]
-        if anc.method == "published":
+        if anc.method == "published" and not any("published graph schedule" in n for n in self.notes):
             lines.append("the anchor is a published graph schedule, not an Optuna-searched one; calibrate to replace it")
         lines.extend(self.notes)
         return "\n".join(lines)

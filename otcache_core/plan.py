@@ -101,9 +101,6 @@ class SchedulePlan:
     def from_calibration(cls, calibration: Calibration, rule: BudgetRule, *, mapping: str = "linear",
                          warmup: int = 0, label: str | None = None) -> SchedulePlan:
         ref, anc = calibration.reference.schedule, calibration.anchor.schedule
-        notes = []
-        if calibration.anchor.method == "published":
-            notes.append("anchor is a published graph schedule, not an Optuna-searched one")
         return cls(
             reference=warp_of(ref),
             ref_fraction=ref.budget / ref.steps,
@@ -114,7 +111,6 @@ class SchedulePlan:
             mapping=mapping,
             warmup=warmup,
             label=label or calibration.name,
-            notes=tuple(notes),
             families=calibration_families(calibration),
         )
 

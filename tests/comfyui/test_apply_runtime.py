@@ -64,10 +64,11 @@ def sample(m: TinyModel, patcher=None, *, steps=STEPS, cfg=3.0, sampler="euler",
 
 
 class BlockCounter:
-    """Counts block computations: calls of the first submodule of every block (forward hooks).
+    """Counts block computations: calls of the linear layers inside the model's blocks (forward hooks).
 
-    A submodule, not the block itself: an object-patched block (Lumina2) is still *called* at reused
-    steps; only its inner layers tell whether it computed.
+    Inner layers, not the blocks themselves: an object-patched block (Lumina2) is still *called* at
+    reused steps, and some blocks (SD3) call their children's methods without ``__call__``; every
+    block computation runs the same linear layers, so counts are proportional to computations.
     """
 
     def __init__(self, m: TinyModel) -> None:
@@ -76,7 +77,7 @@ class BlockCounter:
         for attr in ("double_blocks", "single_blocks", "transformer_blocks", "blocks", "layers", "joint_blocks",
                      "double_layers", "single_layers"):
             for block in getattr(dm, attr, None) or []:
-                self.modules.append(next(block.children()))
+                self.modules.extend(mod for mod in block.modules() if isinstance(mod, torch.nn.Linear))
         self.calls = 0
 
     def __enter__(self):

@@ -1,0 +1,277 @@
+"""The example workflows in ``workflows/``: valid front-end (UI) format, consistent links, and widget
+values that match the OTCache nodes' inputs. Runs without ComfyUI.
+
+``tests/comfyui/test_workflows_comfy.py`` checks the same files against every node's real definition
+(ComfyUI core nodes included) where a ComfyUI checkout is available.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / "workflows"
+FILES = sorted(WORKFLOWS.glob("*.json"))
+EXPECTED = {"otcache_flux1_dev.json", "otcache_wan21_t2v.json", "otcache_qwen_image.json",
+            "otcache_calibrate_flux.json"}
+#: Node types that exist only in the front end (no Python class).
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+#: Name the pack is imported under here: not ``otcache_pack`` (the ComfyUI harness's), never ``nodes``.
+PACK_NAME = "otcache_pack_ci"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def widget_inputs(input_types: dict) -> list[tuple[str, str, list | None, dict]]:
+    """The widgets of a node, in the front end's order: ``(name, kind, choices, options)``.
+
+    Required then optional inputs; a list (or ``"COMBO"`` with ``options``) is a COMBO widget; INT,
+    FLOAT, STRING and BOOLEAN are widgets unless ``forceInput``; every other type is a socket. An
+    input with ``control_after_generate`` (or an INT named ``seed``/``noise_seed`` without that
+    option: the front end adds one anyway) is followed by its control widget (kind ``CONTROL``).
+    """
+    widgets = []
+    for section in ("required", "optional"):
+        for name, spec in (input_types.get(section) or {}).items():
+            typ = spec[0]
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if isinstance(typ, (list, tuple)):
+                kind, choices = "COMBO", list(typ)
+            elif typ == "COMBO":
+                kind, choices = "COMBO", list(opts.get("options") or [])
+            elif typ in WIDGET_TYPES and not opts.get("forceInput"):
+                kind, choices = str(typ), None
+            else:
+                continue
+            widgets.append((name, kind, choices, opts))
+            control = opts.get("control_after_generate")
+            if control is None and kind == "INT" and name in ("seed", "noise_seed"):
+                control = True  # the front end's legacy rule: these names get a control widget anyway
+            if control:
+                widgets.append((f"{name} (control_after_generate)", "CONTROL", sorted(CONTROL_VALUES), {}))
+    return widgets
+
+
+def socket_inputs(input_types: dict) -> list[tuple[str, str, bool]]:
+    """``(name, type, required)`` of the inputs that are sockets, in order."""
+    widget_names = {w[0] for w in widget_inputs(input_types)}
+    return [(name, str(spec[0]), section == "required")
+            for section in ("required", "optional")
+            for name, spec in (input_types.get(section) or {}).items() if name not in widget_names]
+
+
+def widget_problems(node: dict, widgets: list, check_choices=lambda name: True) -> list[str]:
+    """What is wrong with ``node``'s ``widgets_values`` for these widgets (empty: nothing)."""
+    values = node.get("widgets_values", [])
+    where = f"node {node['id']} ({node['type']})"
+    if len(values) != len(widgets):
+        return [f"{where}: {len(values)} widget values for {len(widgets)} widgets {[w[0] for w in widgets]}"]
+    problems = []
+    for value, (name, kind, choices, opts) in zip(values, widgets):
+        ok = True
+        if kind in ("COMBO", "CONTROL"):
+            ok = isinstance(value, str) and (not check_choices(name) or value in choices)
+        elif kind == "INT":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "FLOAT":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind == "STRING":
+            ok = isinstance(value, str)
+        elif kind == "BOOLEAN":
+            ok = isinstance(value, bool)
+        if ok and kind in ("INT", "FLOAT"):
+            ok = opts.get("min", value) <= value <= opts.get("max", value)
+        if not ok:
+            problems.append(f"{where}: {name} ({kind}) = {value!r} is not valid"
+                            + (f"; choices {choices}" if kind == "COMBO" else ""))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Format and links
+# --------------------------------------------------------------------------------------------------
+
+def test_the_example_workflows_are_there():
+    assert EXPECTED <= {p.name for p in FILES}
+
+
+def test_readme_lists_every_workflow():
+    readme = (WORKFLOWS / "README.md").read_text(encoding="utf-8")
+    for path in FILES:
+        assert path.name in readme
+
+
+def test_the_generator_reproduces_the_files():
+    spec = importlib.util.spec_from_file_location("otcache_build_workflows", WORKFLOWS.parent / "tools" / "build_workflows.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    for name, build in builder.WORKFLOWS.items():
+        assert (WORKFLOWS / name).read_text(encoding="utf-8") == builder.render(build), (
+            f"{name} is out of date: run python tools/build_workflows.py")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_ui_format(path):
+    data = load(path)
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
+        assert key in data, f"missing top-level {key!r}"
+    assert data["version"] == 0.4
+    assert isinstance(data["nodes"], list) and data["nodes"]
+    assert isinstance(data["links"], list) and isinstance(data["groups"], list)
+    for node in data["nodes"]:
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
+                    "widgets_values"):
+            assert key in node, f"node {node.get('id')} has no {key!r}"
+        assert isinstance(node["id"], int) and isinstance(node["type"], str)
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+        assert all(isinstance(v, (int, float)) for v in [*node["pos"], *node["size"]])
+        assert node["mode"] == 0 and isinstance(node["flags"], dict)
+        assert isinstance(node["widgets_values"], list)
+        if node["type"] in FRONTEND_ONLY:
+            assert not node["inputs"] and not node["outputs"]
+            assert len(node["widgets_values"]) == 1 and node["widgets_values"][0].strip()
+        else:
+            assert node["properties"].get("Node name for S&R") == node["type"]
+        for inp in node["inputs"]:
+            assert set(inp) >= {"name", "type", "link"}
+        for slot, out in enumerate(node["outputs"]):
+            assert set(out) >= {"name", "type", "links"}
+            assert out.get("slot_index", slot) == slot
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_ids_and_counters(path):
+    data = load(path)
+    node_ids = [n["id"] for n in data["nodes"]]
+    link_ids = [link[0] for link in data["links"]]
+    assert len(set(node_ids)) == len(node_ids), "duplicate node ids"
+    assert len(set(link_ids)) == len(link_ids), "duplicate link ids"
+    assert data["last_node_id"] >= max(node_ids)
+    assert data["last_link_id"] >= max(link_ids, default=0)
+    assert sorted(n["order"] for n in data["nodes"]) == list(range(len(node_ids))), "order is not a permutation"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_links_agree_on_both_ends(path):
+    data = load(path)
+    nodes = {n["id"]: n for n in data["nodes"]}
+    links = {}
+    for link in data["links"]:
+        assert len(link) == 6, f"link {link} is not [id, from, from_slot, to, to_slot, type]"
+        link_id, src, src_slot, dst, dst_slot, typ = link
+        links[link_id] = link
+        assert src in nodes and dst in nodes, f"link {link_id} names a missing node"
+        output = nodes[src]["outputs"][src_slot]
+        target = nodes[dst]["inputs"][dst_slot]
+        assert link_id in output["links"], f"link {link_id} is not listed by its output"
+        assert target["link"] == link_id, f"link {link_id} is not the link of its input"
+        assert output["type"] == typ, f"link {link_id} is {typ} but its output is {output['type']}"
+        assert target["type"] in (typ, "*"), f"link {link_id} is {typ} but its input is {target['type']}"
+        assert nodes[src]["order"] < nodes[dst]["order"], f"link {link_id} goes against the node order"
+    for node in data["nodes"]:
+        for slot, inp in enumerate(node["inputs"]):
+            if inp["link"] is not None:
+                assert inp["link"] in links, f"node {node['id']} input {inp['name']} names missing link {inp['link']}"
+                assert links[inp["link"]][3:5] == [node["id"], slot]
+        for slot, out in enumerate(node["outputs"]):
+            for link_id in out["links"] or []:
+                assert link_id in links, f"node {node['id']} output {out['name']} names missing link {link_id}"
+                assert links[link_id][1:3] == [node["id"], slot]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_workflow_has_a_note_and_otcache(path):
+    types = [n["type"] for n in load(path)["nodes"]]
+    assert any(t in FRONTEND_ONLY for t in types), "no Note explaining what to adjust"
+    assert "OTCacheApply" in types and "OTCacheSchedule" in types
+
+
+# --------------------------------------------------------------------------------------------------
+# OTCache widgets against the nodes' INPUT_TYPES
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pack() -> ModuleType:
+    """The repository root imported as a package, the way ComfyUI imports a custom node folder.
+
+    Works without ComfyUI: the pack imports ``comfy`` only inside functions.
+    """
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for name in [n for n in sys.modules if n == PACK_NAME or n.startswith(PACK_NAME + ".")]:
+            del sys.modules[name]
+        raise
+    return module
+
+
+@pytest.fixture
+def otcache_input_types(pack, tmp_path, monkeypatch):
+    """``node id -> INPUT_TYPES()`` for Schedule and Apply.
+
+    The Schedule's preset list also reads the ComfyUI user folder through ``folder_paths``; point
+    that at an empty folder so the list is the shipped presets, with or without ComfyUI.
+    """
+    monkeypatch.setattr(pack.nodes.storage, "user_calibration_dir", lambda: tmp_path / "otcache")
+    return {name: pack.NODE_CLASS_MAPPINGS[name].INPUT_TYPES() for name in ("OTCacheSchedule", "OTCacheApply")}
+
+
+def test_the_pack_imports_without_comfyui(pack):
+    assert {"OTCacheSchedule", "OTCacheApply", "OTCacheCalibrate"} <= set(pack.NODE_CLASS_MAPPINGS)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_otcache_widget_values_match_input_types(path, otcache_input_types):
+    checked = 0
+    for node in load(path)["nodes"]:
+        input_types = otcache_input_types.get(node["type"])
+        if input_types is None:
+            continue
+        assert not widget_problems(node, widget_inputs(input_types))
+        sockets = socket_inputs(input_types)
+        assert [i["name"] for i in node["inputs"]] == [s[0] for s in sockets]
+        assert [i["type"] for i in node["inputs"]] == [s[1] for s in sockets]
+        for inp, (_, _, required) in zip(node["inputs"], sockets):
+            assert inp["link"] is not None or not required, f"required input {inp['name']} is not connected"
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_otcache_outputs_match_return_types(path, pack):
+    for node in load(path)["nodes"]:
+        cls = pack.NODE_CLASS_MAPPINGS.get(node["type"])
+        if cls is None:
+            continue
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        assert [o["type"] for o in node["outputs"]] == list(cls.RETURN_TYPES)
+        assert [o["name"] for o in node["outputs"]] == list(names)
+
+
+def test_calibrate_widgets_need_comfyui(pack):
+    """OTCache Calibrate's INPUT_TYPES imports ``comfy.samplers`` (the sampler lists): checked by
+    ``tests/comfyui/test_workflows_comfy.py``, here only when ComfyUI happens to be importable."""
+    try:
+        input_types = pack.NODE_CLASS_MAPPINGS["OTCacheCalibrate"].INPUT_TYPES()
+    except ImportError as exc:
+        pytest.skip(f"OTCache Calibrate's inputs need ComfyUI ({exc})")
+    for path in FILES:
+        for node in load(path)["nodes"]:
+            if node["type"] == "OTCacheCalibrate":
+                assert not widget_problems(node, widget_inputs(input_types))

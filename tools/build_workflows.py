@@ -1,0 +1,410 @@
+"""Build the example workflows in this folder (ComfyUI front-end format, ``version`` 0.4).
+
+Usage (from the repository root)::
+
+    python tools/build_workflows.py            # rewrite the *.json files here
+    python tools/build_workflows.py --check    # exit 1 if a file differs from what this builds
+
+Pure data, no ComfyUI import. Widget values follow each node's ``INPUT_TYPES`` order (required, then
+optional; sockets are not widgets) as of ComfyUI 0.3.64; an INT with ``control_after_generate`` (the
+seeds) takes one more value right after it ("fixed", "randomize", ...). ``tests/test_workflows.py``
+and ``tests/comfyui/test_workflows_comfy.py`` check the files against the real node definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent / "workflows"
+
+#: Front-end-only node types (no Python class in ComfyUI).
+NOTE = "Note"
+
+OTCACHE_COLOR, OTCACHE_BGCOLOR = "#232", "#353"
+NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"
+
+
+class Workflow:
+    """A small builder: nodes with their sockets and widget values, links by input name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+        self.groups: list[dict] = []
+
+    def node(self, type_: str, pos: tuple[float, float], size: tuple[float, float], widgets: list,
+             inputs: list[tuple[str, str]] = (), outputs: list[tuple[str, str]] = (), title: str | None = None,
+             color: tuple[str, str] | None = None) -> int:
+        node_id = len(self.nodes) + 1
+        node = {
+            "id": node_id,
+            "type": type_,
+            "pos": list(pos),
+            "size": list(size),
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [{"name": name, "type": typ, "link": None} for name, typ in inputs],
+            "outputs": [{"name": name, "type": typ, "links": [], "slot_index": i} for i, (name, typ) in enumerate(outputs)],
+            "properties": {} if type_ == NOTE else {"Node name for S&R": type_},
+            "widgets_values": list(widgets),
+        }
+        if title:
+            node["title"] = title
+        if color:
+            node["color"], node["bgcolor"] = color
+        self.nodes.append(node)
+        return node_id
+
+    def note(self, pos: tuple[float, float], size: tuple[float, float], text: str, title: str) -> int:
+        return self.node(NOTE, pos, size, [text], title=title, color=(NOTE_COLOR, NOTE_BGCOLOR))
+
+    def link(self, src: int, out_slot: int, dst: int, input_name: str) -> None:
+        link_id = len(self.links) + 1
+        source, target = self.nodes[src - 1], self.nodes[dst - 1]
+        output = source["outputs"][out_slot]
+        slot = [i["name"] for i in target["inputs"]].index(input_name)
+        target_input = target["inputs"][slot]
+        if target_input["link"] is not None:
+            raise ValueError(f"input {input_name} of node {dst} is already connected")
+        if target_input["type"] not in (output["type"], "*"):
+            raise ValueError(f"{output['type']} cannot feed {target_input['type']} ({input_name} of node {dst})")
+        target_input["link"] = link_id
+        output["links"].append(link_id)
+        self.links.append([link_id, src, out_slot, dst, slot, output["type"]])
+
+    def group(self, title: str, ids: list[int], color: str = "#3f789e", pad: float = 20.0) -> None:
+        boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+                 for n in self.nodes if n["id"] in ids]
+        x0, y0 = min(b[0] for b in boxes) - pad, min(b[1] for b in boxes) - pad - 40
+        x1, y1 = max(b[2] for b in boxes) + pad, max(b[3] for b in boxes) + pad
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": color, "font_size": 24, "flags": {}})
+
+    def _set_order(self) -> None:
+        """``order``: a topological order of the nodes (sources first, ties by id), as the front end saves it."""
+        preds = {n["id"]: {link[1] for link in self.links if link[3] == n["id"]} for n in self.nodes}
+        done: list[int] = []
+        while len(done) < len(self.nodes):
+            ready = sorted(i for i, p in preds.items() if i not in done and p <= set(done))
+            if not ready:
+                raise ValueError("the workflow has a cycle")
+            done.append(ready[0])
+        for position, node_id in enumerate(done):
+            self.nodes[node_id - 1]["order"] = position
+
+    def to_json(self) -> dict:
+        self._set_order()
+        return {
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": self.groups,
+            "config": {},
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 80]}},
+            "version": 0.4,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------------
+
+SCHEDULE_OUTPUTS = [("schedule", "OTCACHE_SCHEDULE"), ("preview", "IMAGE"), ("summary", "STRING")]
+CALIBRATE_OUTPUTS = [("calibration", "OTCACHE_CALIBRATION"), ("preview", "IMAGE"), ("summary", "STRING")]
+
+
+def unet_loader(w: Workflow, pos, file_name: str) -> int:
+    # UNETLoader: unet_name, weight_dtype
+    return w.node("UNETLoader", pos, (340, 82), [file_name, "default"], outputs=[("MODEL", "MODEL")])
+
+
+def clip_loader(w: Workflow, pos, file_name: str, clip_type: str) -> int:
+    # CLIPLoader: clip_name, type, device (optional)
+    return w.node("CLIPLoader", pos, (340, 106), [file_name, clip_type, "default"], outputs=[("CLIP", "CLIP")])
+
+
+def vae_loader(w: Workflow, pos, file_name: str) -> int:
+    return w.node("VAELoader", pos, (340, 58), [file_name], outputs=[("VAE", "VAE")])
+
+
+def text_encode(w: Workflow, pos, text: str, title: str) -> int:
+    # CLIPTextEncode: text is the widget (first in INPUT_TYPES), clip the only socket
+    return w.node("CLIPTextEncode", pos, (420, 160), [text], inputs=[("clip", "CLIP")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], title=title)
+
+
+def ksampler(w: Workflow, pos, seed: int, steps: int, cfg: float, sampler: str, scheduler: str) -> int:
+    # KSampler: seed, <control_after_generate>, steps, cfg, sampler_name, scheduler, denoise
+    return w.node("KSampler", pos, (320, 262), [seed, "fixed", steps, cfg, sampler, scheduler, 1.0],
+                  inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                          ("latent_image", "LATENT")],
+                  outputs=[("LATENT", "LATENT")])
+
+
+def otcache_schedule(w: Workflow, pos, preset: str, steps: int, budget: int, budget_as: str = "computed steps",
+                     speedup: float = 3.0, warmup_steps: int = 0, lambda_mapping: str = "linear") -> int:
+    # OTCacheSchedule: preset, steps, budget, budget_as, speedup, warmup_steps | optional: lambda_mapping
+    return w.node("OTCacheSchedule", pos, (340, 230),
+                  [preset, steps, budget, budget_as, speedup, warmup_steps, lambda_mapping],
+                  inputs=[("calibration", "OTCACHE_CALIBRATION")], outputs=SCHEDULE_OUTPUTS,
+                  color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+
+
+def otcache_apply(w: Workflow, pos, mode: str = "auto", start_percent: float = 0.0, end_percent: float = 1.0) -> int:
+    # OTCacheApply: mode, start_percent, end_percent (model and schedule are sockets)
+    return w.node("OTCacheApply", pos, (320, 130), [mode, start_percent, end_percent],
+                  inputs=[("model", "MODEL"), ("schedule", "OTCACHE_SCHEDULE")], outputs=[("MODEL", "MODEL")],
+                  color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+
+
+def preview_image(w: Workflow, pos, title: str, size=(420, 300)) -> int:
+    return w.node("PreviewImage", pos, size, [], inputs=[("images", "IMAGE")], title=title)
+
+
+def preview_text(w: Workflow, pos, title: str) -> int:
+    # PreviewAny (comfy_extras/nodes_preview_any.py): shows any value, a STRING included; its input is "*"
+    return w.node("PreviewAny", pos, (420, 220), [], inputs=[("source", "*")], title=title)
+
+
+def vae_decode(w: Workflow, pos) -> int:
+    return w.node("VAEDecode", pos, (210, 46), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                  outputs=[("IMAGE", "IMAGE")])
+
+
+def save_image(w: Workflow, pos, prefix: str) -> int:
+    return w.node("SaveImage", pos, (520, 560), [prefix], inputs=[("images", "IMAGE")])
+
+
+def flux_text(w: Workflow, x: float, y: float, prompt: str) -> tuple[int, int]:
+    """DualCLIPLoader -> CLIPTextEncode -> FluxGuidance (positive) and ConditioningZeroOut (negative)."""
+    clip = w.node("DualCLIPLoader", (x, y), (340, 130), ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
+                  outputs=[("CLIP", "CLIP")])
+    encode = text_encode(w, (x + 380, y), prompt, "Prompt")
+    guidance = w.node("FluxGuidance", (x + 840, y), (300, 58), [3.5], inputs=[("conditioning", "CONDITIONING")],
+                      outputs=[("CONDITIONING", "CONDITIONING")])
+    zero = w.node("ConditioningZeroOut", (x + 840, y + 110), (300, 26), [], inputs=[("conditioning", "CONDITIONING")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], title="Negative (unused at cfg 1.0)")
+    w.link(clip, 0, encode, "clip")
+    w.link(encode, 0, guidance, "conditioning")
+    w.link(encode, 0, zero, "conditioning")
+    return guidance, zero
+
+
+FLUX_PROMPT = ("a red fox sitting in a snowy birch forest at dawn, soft golden light, mist between the trees, "
+               "detailed fur, photograph")
+
+
+# --------------------------------------------------------------------------------------------------
+# The workflows
+# --------------------------------------------------------------------------------------------------
+
+def flux1_dev() -> dict:
+    w = Workflow()
+    w.note((0, -330), (760, 150),
+           "OTCache on FLUX.1-dev: 28 steps, 10 of them computed in full (ideal speedup 2.8x).\n"
+           "Adjust: the model file names in the loaders; 'budget' (computed steps out of 'steps') or budget_as "
+           "'speedup' in OTCache Schedule. A different KSampler step count keeps the same share of computed steps.\n"
+           "The Preview Any node shows the schedule summary; the console logs what each run computed.",
+           "What to adjust")
+    unet = unet_loader(w, (0, 0), "flux1-dev.safetensors")
+    positive, negative = flux_text(w, 0, 300, FLUX_PROMPT)
+    latent = w.node("EmptySD3LatentImage", (0, 520), (340, 106), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 680), "ae.safetensors")
+    schedule = otcache_schedule(w, (420, -40), "flux.1-dev", 28, 10)
+    apply_ = otcache_apply(w, (840, 0))
+    sampler = ksampler(w, (1200, 0), 42, 28, 1.0, "euler", "simple")
+    decode = vae_decode(w, (1560, 0))
+    save = save_image(w, (1800, 0), "OTCache/flux1-dev")
+    strips = preview_image(w, (420, 560), "OTCache schedule preview", size=(560, 260))
+    summary = preview_text(w, (1000, 560), "OTCache schedule summary")
+    w.link(unet, 0, apply_, "model")
+    w.link(schedule, 0, apply_, "schedule")
+    w.link(schedule, 1, strips, "images")
+    w.link(schedule, 2, summary, "source")
+    w.link(apply_, 0, sampler, "model")
+    w.link(positive, 0, sampler, "positive")
+    w.link(negative, 0, sampler, "negative")
+    w.link(latent, 0, sampler, "latent_image")
+    w.link(sampler, 0, decode, "samples")
+    w.link(vae, 0, decode, "vae")
+    w.link(decode, 0, save, "images")
+    w.group("OTCache", [schedule, apply_])
+    return w.to_json()
+
+
+def wan21_t2v() -> dict:
+    w = Workflow()
+    w.note((0, -330), (760, 150),
+           "OTCache on Wan 2.1 T2V 1.3B. The preset was calibrated at 50 steps: budget 20 of 50 computed steps "
+           "becomes 12 of the KSampler's 30 (the schedule is resampled to the sampler's real step count).\n"
+           "Adjust: the model file names in the loaders; 'budget' in OTCache Schedule (lower = faster, rougher); "
+           "for Wan 2.1 14B pick the preset wan2.1-t2v-14b.",
+           "What to adjust")
+    unet = unet_loader(w, (0, 0), "wan2.1_t2v_1.3B_fp16.safetensors")
+    shift = w.node("ModelSamplingSD3", (0, 130), (340, 58), [8.0], inputs=[("model", "MODEL")],
+                   outputs=[("MODEL", "MODEL")])
+    clip = clip_loader(w, (0, 300), "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan")
+    positive = text_encode(w, (380, 300), "a small sailboat crossing a calm turquoise bay, gentle waves, seagulls, "
+                           "sunny afternoon, smooth tracking shot", "Positive prompt")
+    negative = text_encode(w, (380, 500), "blurry, low quality, static, overexposed, distorted, deformed, "
+                           "watermark, subtitles, jpeg artifacts", "Negative prompt")
+    latent = w.node("EmptyHunyuanLatentVideo", (0, 720), (340, 130), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 900), "wan_2.1_vae.safetensors")
+    schedule = otcache_schedule(w, (420, -40), "wan2.1-t2v-1.3b", 50, 20)
+    apply_ = otcache_apply(w, (840, 0))
+    sampler = ksampler(w, (1200, 0), 42, 30, 6.0, "uni_pc", "simple")
+    decode = vae_decode(w, (1560, 0))
+    # SaveAnimatedWEBP: filename_prefix, fps, lossless, quality, method
+    save = w.node("SaveAnimatedWEBP", (1800, 0), (520, 420), ["OTCache/wan21-t2v", 16.0, False, 90, "default"],
+                  inputs=[("images", "IMAGE")])
+    strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
+    summary = preview_text(w, (1480, 720), "OTCache schedule summary")
+    w.link(unet, 0, shift, "model")
+    w.link(shift, 0, apply_, "model")
+    w.link(schedule, 0, apply_, "schedule")
+    w.link(schedule, 1, strips, "images")
+    w.link(schedule, 2, summary, "source")
+    w.link(clip, 0, positive, "clip")
+    w.link(clip, 0, negative, "clip")
+    w.link(apply_, 0, sampler, "model")
+    w.link(positive, 0, sampler, "positive")
+    w.link(negative, 0, sampler, "negative")
+    w.link(latent, 0, sampler, "latent_image")
+    w.link(sampler, 0, decode, "samples")
+    w.link(vae, 0, decode, "vae")
+    w.link(decode, 0, save, "images")
+    w.group("OTCache", [schedule, apply_])
+    return w.to_json()
+
+
+def qwen_image() -> dict:
+    w = Workflow()
+    w.note((0, -330), (760, 150),
+           "OTCache on Qwen-Image with a target speedup: budget_as 'speedup' 2.5 computes 12 of the 30 steps "
+           "(any step count keeps the 2.5x).\nAdjust: the model file names in the loaders; 'speedup' in OTCache "
+           "Schedule (or budget_as 'computed steps' and 'budget'). cfg 2.5 runs cond and uncond: both reuse the "
+           "same steps.",
+           "What to adjust")
+    unet = unet_loader(w, (0, 0), "qwen_image_fp8_e4m3fn.safetensors")
+    shift = w.node("ModelSamplingAuraFlow", (0, 130), (340, 58), [3.1], inputs=[("model", "MODEL")],
+                   outputs=[("MODEL", "MODEL")])
+    clip = clip_loader(w, (0, 300), "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image")
+    positive = text_encode(w, (380, 300), "a cozy bookshop window on a rainy evening, warm light, a hand-painted "
+                           "sign that reads \"OTCache Books\", reflections on the wet street", "Positive prompt")
+    negative = text_encode(w, (380, 500), "", "Negative prompt")
+    latent = w.node("EmptySD3LatentImage", (0, 720), (340, 106), [1328, 1328, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 880), "qwen_image_vae.safetensors")
+    schedule = otcache_schedule(w, (420, -40), "qwen-image", 30, 12, budget_as="speedup", speedup=2.5)
+    apply_ = otcache_apply(w, (840, 0))
+    sampler = ksampler(w, (1200, 0), 42, 30, 2.5, "euler", "simple")
+    decode = vae_decode(w, (1560, 0))
+    save = save_image(w, (1800, 0), "OTCache/qwen-image")
+    strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
+    summary = preview_text(w, (1480, 720), "OTCache schedule summary")
+    w.link(unet, 0, shift, "model")
+    w.link(shift, 0, apply_, "model")
+    w.link(schedule, 0, apply_, "schedule")
+    w.link(schedule, 1, strips, "images")
+    w.link(schedule, 2, summary, "source")
+    w.link(clip, 0, positive, "clip")
+    w.link(clip, 0, negative, "clip")
+    w.link(apply_, 0, sampler, "model")
+    w.link(positive, 0, sampler, "positive")
+    w.link(negative, 0, sampler, "negative")
+    w.link(latent, 0, sampler, "latent_image")
+    w.link(sampler, 0, decode, "samples")
+    w.link(vae, 0, decode, "vae")
+    w.link(decode, 0, save, "images")
+    w.group("OTCache", [schedule, apply_])
+    return w.to_json()
+
+
+def calibrate_flux() -> dict:
+    w = Workflow()
+    w.note((0, -330), (760, 150),
+           "Calibrate OTCache for your own FLUX.1-dev setting once (it saves '<user>/otcache/<name>.json', then "
+           "appears in OTCache Schedule's preset list), and sample with the result.\nAdjust: the model file names; "
+           "Calibrate's steps/sampler/scheduler/cfg to match the KSampler; 'trials' and 'samples' trade time for "
+           "quality; 'budget' in OTCache Schedule. Re-running resumes an interrupted calibration.",
+           "What to adjust")
+    unet = unet_loader(w, (0, 0), "flux1-dev.safetensors")
+    positive, negative = flux_text(w, 0, 300, FLUX_PROMPT)
+    latent = w.node("EmptySD3LatentImage", (0, 520), (340, 106), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 680), "ae.safetensors")
+    # OTCacheCalibrate: seed (no control widget: a calibration keeps its seed), samples, steps, cfg, sampler_name, scheduler,
+    # reference_budget, anchor_budget, max_segment, strength, trials, name | optional: storage, mode, overwrite
+    calibrate = w.node(
+        "OTCacheCalibrate", (420, 520), (360, 480),
+        [0, 2, 28, 1.0, "euler", "simple", 0, 0, 10, "rollout", 40, "flux1-dev-28-euler-simple", "", "auto",
+         False],
+        inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                ("latent_image", "LATENT"), ("vae", "VAE")],
+        outputs=CALIBRATE_OUTPUTS, color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+    schedule = otcache_schedule(w, (840, 520), "flux.1-dev", 28, 10)
+    apply_ = otcache_apply(w, (1200, 520))
+    sampler = ksampler(w, (1560, 520), 42, 28, 1.0, "euler", "simple")
+    decode = vae_decode(w, (1920, 520))
+    save = save_image(w, (2160, 520), "OTCache/flux1-dev-calibrated")
+    cal_strips = preview_image(w, (420, 1060), "Calibration preview", size=(560, 420))
+    cal_summary = preview_text(w, (1000, 1060), "Calibration summary")
+    strips = preview_image(w, (1440, 1060), "Schedule preview", size=(560, 260))
+    summary = preview_text(w, (2020, 1060), "Schedule summary")
+    w.link(unet, 0, calibrate, "model")
+    w.link(positive, 0, calibrate, "positive")
+    w.link(negative, 0, calibrate, "negative")
+    w.link(latent, 0, calibrate, "latent_image")
+    w.link(vae, 0, calibrate, "vae")
+    w.link(calibrate, 0, schedule, "calibration")
+    w.link(calibrate, 1, cal_strips, "images")
+    w.link(calibrate, 2, cal_summary, "source")
+    w.link(unet, 0, apply_, "model")
+    w.link(schedule, 0, apply_, "schedule")
+    w.link(schedule, 1, strips, "images")
+    w.link(schedule, 2, summary, "source")
+    w.link(apply_, 0, sampler, "model")
+    w.link(positive, 0, sampler, "positive")
+    w.link(negative, 0, sampler, "negative")
+    w.link(latent, 0, sampler, "latent_image")
+    w.link(sampler, 0, decode, "samples")
+    w.link(vae, 0, decode, "vae")
+    w.link(decode, 0, save, "images")
+    w.group("OTCache", [calibrate, schedule, apply_])
+    return w.to_json()
+
+
+WORKFLOWS = {
+    "otcache_flux1_dev.json": flux1_dev,
+    "otcache_wan21_t2v.json": wan21_t2v,
+    "otcache_qwen_image.json": qwen_image,
+    "otcache_calibrate_flux.json": calibrate_flux,
+}
+
+
+def render(build) -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name, build in WORKFLOWS.items():
+        path = HERE / name
+        text = render(build)
+        if check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print("out of date (run python tools/build_workflows.py): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
