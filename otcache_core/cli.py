@@ -41,6 +41,8 @@ def _schedule_command(args: argparse.Namespace) -> dict:
         )
         resolved = plan.resolve(args.steps)
         prediction, notes = resolved.prediction, list(resolved.notes)
+        if calibration.anchor.method == "published":
+            notes.append("the anchor is a published graph schedule, not an Optuna-searched one")
         source_steps = calibration.steps
     else:
         if not (args.reference and args.anchor):
