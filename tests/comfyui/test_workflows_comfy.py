@@ -17,61 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from workflow_rules import FRONTEND_ONLY, load, socket_inputs, widget_inputs, widget_problems  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = sorted((REPO / "workflows").glob("*.json"))
-#: Node types of the front end only (no Python class in ComfyUI).
-FRONTEND_ONLY = {"Note", "MarkdownNote"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 #: COMBO widgets whose choices are the model files of this installation: not checked against the list.
 FILE_WIDGETS = {
     ("UNETLoader", "unet_name"), ("CLIPLoader", "clip_name"), ("DualCLIPLoader", "clip_name1"),
     ("DualCLIPLoader", "clip_name2"), ("VAELoader", "vae_name"),
 }
 FAILED_EXTRAS: list[str] = []
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def widget_inputs(input_types: dict) -> list[tuple[str, str, list | None, dict]]:
-    """``(name, kind, choices, options)`` of a node's widgets in the front end's order.
-
-    Required then optional; a list, or ``"COMBO"`` with ``options`` (V3 nodes), is a COMBO; INT,
-    FLOAT, STRING and BOOLEAN are widgets unless ``forceInput``; any other type is a socket.
-    ``control_after_generate`` adds a control widget right after its input, and so does the name
-    ``seed``/``noise_seed`` of an INT without that option (the front end's legacy rule).
-    """
-    widgets = []
-    for section in ("required", "optional"):
-        for name, spec in (input_types.get(section) or {}).items():
-            typ = spec[0]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if isinstance(typ, (list, tuple)):
-                kind, choices = "COMBO", list(typ)
-            elif typ == "COMBO":
-                kind, choices = "COMBO", list(opts.get("options") or [])
-            elif typ in WIDGET_TYPES and not opts.get("forceInput"):
-                kind, choices = str(typ), None
-            else:
-                continue
-            widgets.append((name, kind, choices, opts))
-            control = opts.get("control_after_generate")
-            if control is None and kind == "INT" and name in ("seed", "noise_seed"):
-                control = True  # the front end's legacy rule: these names get a control widget anyway
-            if control:
-                widgets.append((f"{name} (control_after_generate)", "CONTROL", sorted(CONTROL_VALUES), {}))
-    return widgets
-
-
-def socket_inputs(input_types: dict) -> list[tuple[str, str, bool]]:
-    """``(name, type, required)`` of the socket inputs, in order (hidden inputs are not sockets)."""
-    widget_names = {w[0] for w in widget_inputs(input_types)}
-    return [(name, str(spec[0]), section == "required")
-            for section in ("required", "optional")
-            for name, spec in (input_types.get(section) or {}).items() if name not in widget_names]
 
 
 def _is_comfyui_utils(module, root: Path) -> bool:
@@ -172,29 +127,11 @@ def test_widget_values_match_input_types(path, input_types):
         if node["type"] in FRONTEND_ONLY:
             continue
         widgets = widget_inputs(input_types[node["type"]])
-        values = node["widgets_values"]
-        where = f"node {node['id']} ({node['type']})"
-        if len(values) != len(widgets):
-            problems.append(f"{where}: {len(values)} widget values for widgets {[w[0] for w in widgets]}")
-            continue
-        for value, (name, kind, choices, opts) in zip(values, widgets):
-            if kind in ("COMBO", "CONTROL"):
-                ok = isinstance(value, str) and ((node["type"], name) in FILE_WIDGETS or value in choices)
-            elif kind == "INT":
-                ok = isinstance(value, int) and not isinstance(value, bool)
-            elif kind == "FLOAT":
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            elif kind == "STRING":
-                ok = isinstance(value, str)
-            else:
-                ok = isinstance(value, bool)
-            if ok and kind in ("INT", "FLOAT"):
-                ok = opts.get("min", value) <= value <= opts.get("max", value)
-            if not ok:
-                problems.append(f"{where}: {name} ({kind}) = {value!r}"
-                                + (f" not in {choices}" if kind in ("COMBO", "CONTROL") else " is not valid"))
-            if (node["type"], name) in FILE_WIDGETS:
-                assert value.endswith(".safetensors"), f"{where}: {name} = {value!r}"
+        # model-file lists depend on this installation: only their file type is checked
+        problems += widget_problems(node, widgets, check_choices=lambda name: (node["type"], name) not in FILE_WIDGETS)
+        for value, (name, *_rest) in zip(node["widgets_values"], widgets):
+            if (node["type"], name) in FILE_WIDGETS and not str(value).endswith(".safetensors"):
+                problems.append(f"node {node['id']} ({node['type']}): {name} = {value!r}")
     assert not problems, "\n".join(problems)
 
 
