@@ -66,7 +66,7 @@ def train_classifier(
     labels: torch.Tensor,
     *,
     seed: int = 0,
-    epochs: int = 12,
+    epochs: int = 8,
     batch_size: int = 128,
     lr: float = 3e-3,
     holdout: int = HOLDOUT,
@@ -107,17 +107,14 @@ def train_classifier(
 
 def save_classifier(model: DigitClassifier, path: str | Path, accuracy: float, seed: int) -> Path:
     """Save the classifier as fp16 safetensors with its held-out accuracy in the metadata."""
-    from safetensors.torch import save_file
+    from .files import save_reproducible
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
     }
     meta = {"format": CLASSIFIER_FORMAT, "heldout_accuracy": f"{accuracy:.4f}",
             "heldout": f"last {HOLDOUT} of MNIST t10k", "seed": str(seed)}
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    return save_reproducible(tensors, path, meta)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="folder with the MNIST t10k IDX gzip files")
     parser.add_argument("--out", required=True, help="folder to write " + CLASSIFIER_FILE)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     images, labels = load_mnist(args.data)

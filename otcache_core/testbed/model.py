@@ -10,7 +10,7 @@ The forward pass is split the way the cache engine needs it::
 ``forward(x, t, y)`` is exactly that composition. The model predicts the rectified-flow velocity
 ``v = noise - x0`` at time ``t`` in [0, 1] (see :mod:`.sampler`).
 
-Conditioning: ``c = MLP(sinusoid(1000 t)) + E[y]`` with ``y`` in 0..9 a digit and ``y = 10``
+Conditioning: ``c = MLP(sinusoid(50 t)) + E[y]`` with ``y`` in 0..9 a digit and ``y = 10``
 (:attr:`TinyDiTConfig.null_class`) the "no class" token used for classifier-free guidance.
 
 Each block is adaLN-Zero (Peebles & Xie, 2023)::
@@ -20,6 +20,13 @@ Each block is adaLN-Zero (Peebles & Xie, 2023)::
     h = h + gate2 * MLP (LN(h) * (1 + scale2) + shift2)
 
 so every block starts as the identity and the untrained model outputs zero.
+
+Pixel-level stem and head (``conv_channels = k > 0``, the shipped setting): ``embed`` patchifies
+``[x, GELU(Conv3x3(x))]`` (the raw pixels plus k local feature maps) instead of ``x`` alone, and
+``head`` unpatchifies k feature maps per pixel and maps them to the velocity with
+``Conv3x3(GELU(.))``. This local inductive bias costs ~9% of the FLOPs and, at the tiny CPU training
+budget, lowered the loss at equal steps from 0.286 to 0.236 and removed the 4x4 patch seams that
+plain linear patchify/unpatchify left in the samples. ``conv_channels = 0`` is the plain DiT.
 """
 
 from __future__ import annotations
@@ -39,7 +46,13 @@ DIT_FORMAT = "otcache.testbed.tinydit"
 
 @dataclass(frozen=True)
 class TinyDiTConfig:
-    """Architecture hyperparameters; stored as metadata in the weight file."""
+    """Architecture hyperparameters; stored as metadata in the weight file.
+
+    ``patch_size`` p: tokens are p x p patches of the image zero-padded to a multiple of p
+    (28 / 4 -> a 7 x 7 grid of 49 tokens). ``conv_channels``: width of the pixel-level stem/head
+    (0 = plain linear patchify and unpatchify). ``freq_dim``: size of the sinusoidal t features;
+    ``time_scale`` and ``time_max_period`` set their frequencies (see :func:`timestep_embedding`).
+    """
 
     image_size: int = 28
     in_channels: int = 1
@@ -50,6 +63,9 @@ class TinyDiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 10
     freq_dim: int = 256
+    time_scale: float = 50.0
+    time_max_period: float = 100.0
+    conv_channels: int = 32
 
     @property
     def null_class(self) -> int:
@@ -81,14 +97,20 @@ class TinyDiTConfig:
         return cls(**kwargs)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of ``1000 t``: ``[cos(1000 t w_i), sin(1000 t w_i)]``, ``w_i = P^(-i/(dim/2))``.
+def timestep_embedding(
+    t: torch.Tensor, dim: int, scale: float = 50.0, max_period: float = 100.0
+) -> torch.Tensor:
+    """Sinusoidal features ``[cos(s t w_i), sin(s t w_i)]``, ``w_i = P^(-i/(dim/2))``, ``i < dim/2``.
 
-    ``t`` in [0, 1] is scaled by 1000 so the highest frequencies resolve steps of about 1e-3.
+    The angular frequencies in ``t`` run from ``s`` down to ``s / P``. DiT's usual ``s = 1000,
+    P = 10000`` reaches periods of 0.006 in ``t``, far below any sampling step; with only ~40k
+    training draws of ``t`` the model fitted those features to noise and its output became jagged in
+    ``t`` (2-7% change of the conditioning per ``dt = 0.0025``). ``s = 50`` (shortest period 0.126,
+    about six steps of a 50-step run) keeps the model smooth in ``t``, which the cache engine relies on.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = (1000.0 * t.float())[:, None] * freqs[None]
+    args = (scale * t.float())[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -175,13 +197,19 @@ class TinyDiT(nn.Module):
         cfg = config or TinyDiTConfig()
         self.config = cfg
         d = cfg.hidden_size
-        self.x_embedder = nn.Conv2d(cfg.in_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        k = cfg.conv_channels
+        if k:
+            self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, k, 3, padding=1), nn.GELU(approximate="tanh"))
+        patch_in = k + cfg.in_channels if k else cfg.in_channels
+        self.x_embedder = nn.Conv2d(patch_in, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         # Fixed, not learned: nothing to fit, and it is exact in the weight file via its formula.
         self.register_buffer("pos_embed", sincos_pos_embed_2d(d, cfg.grid_size)[None], persistent=False)
         self.t_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.y_embedder = nn.Embedding(cfg.num_classes + 1, d)  # last row: null class for CFG
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.final_layer = FinalLayer(d, cfg.patch_size, cfg.in_channels)
+        self.final_layer = FinalLayer(d, cfg.patch_size, k or cfg.in_channels)
+        if k:
+            self.out_conv = nn.Sequential(nn.GELU(approximate="tanh"), nn.Conv2d(k, cfg.in_channels, 3, padding=1))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -201,11 +229,15 @@ class TinyDiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        if self.config.conv_channels:
+            nn.init.zeros_(self.out_conv[1].weight)
+            nn.init.zeros_(self.out_conv[1].bias)
+        else:
+            nn.init.zeros_(self.final_layer.linear.weight)
+            nn.init.zeros_(self.final_layer.linear.bias)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens and conditioning: ``h = PatchEmbed(pad(x)) + pos`` [B, N, D], ``c = T(t) + E[y]`` [B, D].
+        """Tokens and conditioning: ``h = PatchEmbed(stem(pad(x))) + pos`` [B, N, D], ``c = T(t) + E[y]`` [B, D].
 
         ``t`` is a float tensor of shape [B] (or a scalar, broadcast), ``y`` int64 labels [B].
         """
@@ -215,9 +247,12 @@ class TinyDiT(nn.Module):
             # Pad right/bottom with -1 (the background value of data in [-1, 1]) would bias the
             # noisy input; zeros are neutral for both noise and data.
             x = F.pad(x, (0, pad, 0, pad))
+        if cfg.conv_channels:
+            x = torch.cat([x, self.stem(x)], dim=1)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
-        c = self.t_embedder(timestep_embedding(t, cfg.freq_dim).to(x.dtype)) + self.y_embedder(y)
+        t_freq = timestep_embedding(t, cfg.freq_dim, cfg.time_scale, cfg.time_max_period)
+        c = self.t_embedder(t_freq.to(x.dtype)) + self.y_embedder(y)
         return h, c
 
     def run_blocks(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -227,11 +262,14 @@ class TinyDiT(nn.Module):
         return h
 
     def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Final adaLN layer and unpatchify back to ``[B, C, image_size, image_size]``."""
+        """Final adaLN layer, unpatchify (and the conv head) back to ``[B, C, image_size, image_size]``."""
         cfg = self.config
-        p, g, ch = cfg.patch_size, cfg.grid_size, cfg.in_channels
-        out = self.final_layer(h, c)  # [B, g*g, p*p*C]
+        p, g = cfg.patch_size, cfg.grid_size
+        ch = cfg.conv_channels or cfg.in_channels
+        out = self.final_layer(h, c)  # [B, g*g, p*p*ch]
         out = out.reshape(-1, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4).reshape(-1, ch, g * p, g * p)
+        if cfg.conv_channels:
+            out = self.out_conv(out)
         return out[:, :, : cfg.image_size, : cfg.image_size]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

