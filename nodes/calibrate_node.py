@@ -25,6 +25,7 @@ from ..otcache_core.calibrate import (
     EdgeCheckpoint,
     SamplingResult,
     calibrate,
+    checked_range,
     default_budgets,
     estimated_edge_calls,
     settings_key,
@@ -113,11 +114,7 @@ class ComfyCalibrationSampler:
         import comfy.sample
 
         T = self.steps
-        stop = T if stop is None else stop
-        if len(mask) != T or not 0 <= start < stop <= T:
-            raise ValueError(f"need a mask of {T} steps and 0 <= start < stop <= {T}")
-        if start > 0 and state is None:
-            raise ValueError("a replay from step > 0 needs the stored state")
+        stop = checked_range(T, mask, start, stop, state)
         comfy.model_management.throw_exception_if_processing_interrupted()
         schedule = Schedule.from_mask([True] + list(mask[start + 1 : stop]))
         patched = apply_otcache(self.model, SchedulePlan.from_schedule(schedule, label="calibration"), self.mode,

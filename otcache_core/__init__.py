@@ -12,9 +12,21 @@ from .errors import FileFormatError, MissingDependencyError, OTCacheError, Sched
 from .graph import ReferencePath, solve_reference
 from .interpolation import Prediction, predict, predict_from_warps
 from .plan import BudgetRule, SchedulePlan
-from .runtime import CacheRun, RunReport, step_index
 from .schedule import Schedule
 from .warp import Warp, interpolate_warps, resample, round_to_schedule, sample_warp, warp_of
+
+# The runtime needs torch; the schedule math does not, so `python -m otcache_core schedule` answers
+# without paying torch's import (about 1.5 s).
+_LAZY = {"CacheRun": ".runtime", "RunReport": ".runtime", "step_index": ".runtime"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BudgetRule",

@@ -7,7 +7,8 @@ calibration samples), the same budgets ``B`` (computed steps of ``T``) for every
   ``B_anchor ~ T/5``), every budget by quantile interpolation; variants: ``lambda`` linear in ``1/B``
   (``otcache-inverse``), a warm-up prefix (``otcache-warmupP``), the reference from ``global`` or
   ``drift`` edge errors with the same anchor (``otcache-global``, ``otcache-drift``), and reuse of the
-  whole model output with its own calibration (``otcache-model``, mode ``model``);
+  whole model output instead of the block-stack residual (``otcache-model``, mode ``model``; the same
+  schedules unless ``calibrate_model_mode``);
 * **lemica**: the leximax graph path solved at each budget from the same edge errors (and from
   ``global`` errors, LeMiCa's own strength: ``lemica-global``);
 * **uniform** spacing and the published-style **hand** schedule
@@ -45,7 +46,6 @@ from .calibrate import (
 from .calibration import Calibration, ScheduleRecord, matrix_to_json
 from .graph import solve_reference
 from .jsonfile import save_json
-from .metrics import perceptual_objective
 from .plan import BudgetRule, SchedulePlan
 from .schedule import Schedule
 from .testbed_task import (
@@ -53,8 +53,8 @@ from .testbed_task import (
     SpeedMeter,
     Task,
     TaskConfig,
+    anchor_objective,
     fidelity,
-    image_distance,
     load_task,
     timed,
 )
@@ -68,17 +68,23 @@ BENCH_VERSION = 1
 class BenchSettings:
     """Sizes of one benchmark run."""
 
-    task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=50, calibration_samples=8, evaluation_samples=16))
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(steps=50, calibration_samples=16, evaluation_samples=32))
     budgets: tuple[int, ...] = (25, 17, 13, 10, 8)
     trials: int = 40
+    anchor_share: float = 0.5
+    """The anchor objective averages the worst this share of calibration images (1: all)."""
     max_skip: int = 10
     strength: str = "rollout"
     """Edge strength of the main OTCache calibration (and of ``lemica``)."""
     other_strengths: tuple[str, ...] = ("global", "drift")
-    global_samples: int | None = None
-    """Calibration samples for the ``global`` edge errors (``None``: all); it costs ~K T^2 / 2 calls."""
+    global_samples: int | None = 8
+    """Calibration samples for the ``global`` edge errors (``None``: all): ~K T^2 / 2 calls each, so the
+    first 8 of the 16 keep it to minutes on two CPU cores."""
     warmup: int = 3
     model_mode: bool = True
+    """Also run OTCache with ``model`` reuse (the whole model output change)."""
+    calibrate_model_mode: bool = False
+    """``True``: a separate calibration in ``model`` mode; ``False``: the ``blocks`` calibration's schedules."""
     repeats: int = 3
     tune_evaluations: int = 30
 
@@ -148,22 +154,21 @@ class Calibrations:
 def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: ProgressBar) -> Calibrations:
     T = task.steps
     ref_budget, anchor_budget = default_budgets(T)
-    objective = perceptual_objective()
-    if objective.note:
-        bar.message(f"note: {objective.note}")
-    distance = image_distance(objective.distance)
+    distance, objective_name, why = anchor_objective(settings.anchor_share)
+    if why:
+        bar.message(f"note: {why}")
     cal_settings = CalibrationSettings(ref_budget, anchor_budget, strength=settings.strength,
                                        max_skip=settings.max_skip, trials=settings.trials, seed=seed)
 
     def run(mode: str) -> tuple[Calibration, np.ndarray]:
         bar.message(f"calibration ({mode} reuse, {settings.strength} edges, {len(task.calibration)} samples)")
         outcome = calibrate(task.sampler(task.calibration, mode), cal_settings, distance=distance,
-                            objective_name=objective.name, name=f"testbed-T{T}-{mode}", model=task.model_info,
+                            objective_name=objective_name, name=f"testbed-T{T}-{mode}", model=task.model_info,
                             sampler_info=task.sampler_info(mode), progress=bar, log=bar.message)
         return outcome.calibration, outcome.errors
 
     main, main_errors = run("blocks")
-    cost: dict[str, Any] = {"otcache": _cost_entry(main, len(task.calibration), objective.name)}
+    cost: dict[str, Any] = {"otcache": _cost_entry(main, len(task.calibration), objective_name)}
     errors = {settings.strength: main_errors}
     references = {settings.strength: main.reference.schedule}
     edge_cost = {settings.strength: {"samples": len(task.calibration), "model_calls": main.cost["model_calls"]["edges"],
@@ -192,9 +197,9 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
                     f"({calls} calls, {seconds:.1f} s)")
     cost["edges"] = edge_cost
     model_mode = None
-    if settings.model_mode:
+    if settings.model_mode and settings.calibrate_model_mode:
         model_mode, _ = run("model")
-        cost["otcache-model"] = _cost_entry(model_mode, len(task.calibration), objective.name)
+        cost["otcache-model"] = _cost_entry(model_mode, len(task.calibration), objective_name)
     return Calibrations(main, errors, references, model_mode, cost)
 
 
@@ -250,8 +255,8 @@ def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> l
     for strength in settings.other_strengths:
         methods.append(StaticMethod(f"otcache-{strength}",
                                     otcache(_with_reference(main, cals.references[strength], strength))))
-    if cals.model_mode is not None:
-        methods.append(StaticMethod("otcache-model", otcache(cals.model_mode), mode="model"))
+    if settings.model_mode:
+        methods.append(StaticMethod("otcache-model", otcache(cals.model_mode or main), mode="model"))
     methods.append(StaticMethod("lemica", graph(cals.errors[settings.strength])))
     if "global" in cals.errors and settings.strength != "global":
         methods.append(StaticMethod("lemica-global", graph(cals.errors["global"])))

@@ -88,6 +88,18 @@ class Sampler(Protocol):
         ...
 
 
+def checked_range(steps: int, mask: Sequence[bool], start: int, stop: int | None,
+                  state: torch.Tensor | None) -> int:
+    """Validate the arguments of :meth:`Sampler.run` for a sampler of ``steps`` steps; returns ``stop``
+    (``steps`` when ``None``)."""
+    stop = steps if stop is None else stop
+    if len(mask) != steps or not 0 <= start < stop <= steps:
+        raise ValueError(f"need a mask of {steps} steps and 0 <= start < stop <= {steps}")
+    if start > 0 and state is None:
+        raise ValueError("a replay from step > 0 needs the stored state")
+    return stop
+
+
 Progress = Callable[[str, int, int], None]
 
 
@@ -102,6 +114,8 @@ class CalibrationSettings:
     trials: int = 40
     seed: int = 0
     n_bins: int = 6
+    polish: float = 0.6
+    """Share of the anchor trials spent refining the best schedule by local search (0: TPE only)."""
     storage: str | None = None
     study_name: str | None = None
 
@@ -150,29 +164,48 @@ def estimated_edge_calls(strength: str, steps: int, max_skip: int) -> int:
     return total
 
 
-def edge_errors_global(
-    sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
-    done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
+RowMeasure = Callable[[int], tuple[list[float | None], int]]
+
+
+def _measured_rows(
+    T: int, measure_row: RowMeasure, progress: Progress | None,
+    done_rows: dict[int, list[float | None]] | None, on_row: Callable[[int, list], None] | None,
 ) -> tuple[np.ndarray, int]:
-    """LeMiCa's end-to-end edge errors (see module doc). Returns the matrix and the model calls."""
-    T = sampler.steps
+    """The edge matrix from one measured row per start step ``i``; rows in ``done_rows`` (from a
+    checkpoint) are taken as they are, new ones go to ``on_row`` as soon as they are measured."""
     w, calls = _empty_matrix(T), 0
     for i in range(T - 1):
         row = (done_rows or {}).get(i)
         if row is None:
-            row = [None] * (T + 1)
-            for j in range(i + 2, min(i + max_skip, T) + 1):
-                mask = [True] * T
-                mask[i + 1 : j] = [False] * (j - i - 1)
-                result = sampler.run(mask, start=i, state=full.states[i])
-                calls += result.model_calls
-                row[j] = relative_l1(result.final, full.final)
+            row, row_calls = measure_row(i)
+            calls += row_calls
             if on_row:
                 on_row(i, row)
         _fill_row(w, i, row)
         if progress:
             progress("edges", i + 1, T - 1)
     return w, calls
+
+
+def edge_errors_global(
+    sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
+    done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """LeMiCa's end-to-end edge errors (see module doc). Returns the matrix and the model calls."""
+    T = sampler.steps
+
+    def measure_row(i: int) -> tuple[list[float | None], int]:
+        row: list[float | None] = [None] * (T + 1)
+        calls = 0
+        for j in range(i + 2, min(i + max_skip, T) + 1):
+            mask = [True] * T
+            mask[i + 1 : j] = [False] * (j - i - 1)
+            result = sampler.run(mask, start=i, state=full.states[i])
+            calls += result.model_calls
+            row[j] = relative_l1(result.final, full.final)
+        return row, calls
+
+    return _measured_rows(T, measure_row, progress, done_rows, on_row)
 
 
 def edge_errors_rollout(
@@ -181,29 +214,20 @@ def edge_errors_rollout(
 ) -> tuple[np.ndarray, int]:
     """One cached rollout per start step, probed at every candidate next step (see module doc)."""
     T = sampler.steps
-    w, calls = _empty_matrix(T), 0
-    for i in range(T - 1):
-        row = (done_rows or {}).get(i)
-        if row is None:
-            row = [None] * (T + 1)
-            end = min(i + max_skip, T)
-            mask = [True] * T
-            mask[i + 1 : end + 1] = [False] * (min(end, T - 1) - i)
-            stop = min(end + 1, T)
-            probes = range(i + 2, min(end, T - 1) + 1)
-            result = sampler.run(mask, start=i, state=full.states[i], stop=stop, probe=probes)
-            calls += result.model_calls
-            for j in range(i + 2, end + 1):
-                if j == T:
-                    row[j] = relative_l1(result.final, full.final)
-                else:
-                    row[j] = relative_l1(result.denoised[j], full.denoised[j])
-            if on_row:
-                on_row(i, row)
-        _fill_row(w, i, row)
-        if progress:
-            progress("edges", i + 1, T - 1)
-    return w, calls
+
+    def measure_row(i: int) -> tuple[list[float | None], int]:
+        row: list[float | None] = [None] * (T + 1)
+        end = min(i + max_skip, T)
+        mask = [True] * T
+        mask[i + 1 : end + 1] = [False] * (min(end, T - 1) - i)
+        probes = range(i + 2, min(end, T - 1) + 1)
+        result = sampler.run(mask, start=i, state=full.states[i], stop=min(end + 1, T), probe=probes)
+        for j in range(i + 2, end + 1):
+            reached, target = (result.final, full.final) if j == T else (result.denoised[j], full.denoised[j])
+            row[j] = relative_l1(reached, target)
+        return row, result.model_calls
+
+    return _measured_rows(T, measure_row, progress, done_rows, on_row)
 
 
 def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int) -> tuple[np.ndarray, int]:
@@ -356,7 +380,7 @@ def calibrate(
     anchor = search_anchor(
         objective, T, settings.anchor_budget, n_trials=settings.trials, seed=settings.seed,
         n_bins=settings.n_bins, initial=seeds, storage=settings.storage, study_name=settings.study_name,
-        on_trial=on_trial,
+        on_trial=on_trial, polish=settings.polish,
     )
     cost_calls["anchor"], cost_seconds["anchor"] = anchor_calls, time.perf_counter() - t0
     say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g})")
@@ -371,6 +395,7 @@ def calibrate(
         anchor=ScheduleRecord(
             anchor.schedule, "optuna", anchor.score,
             {"objective": objective_name, "trials": anchor.trials, "seed": settings.seed, "n_bins": settings.n_bins,
+             "polish": settings.polish,
              "history": anchor.history},
         ),
         model=model or {},

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from .calibrate import SamplingResult
+from .calibrate import SamplingResult, checked_range
 from .runtime import CacheRun, StepPolicy
 from .schedule import Schedule
 
@@ -175,11 +175,7 @@ class FlowSampler:
         """See :class:`~otcache_core.calibrate.Sampler`; ``policy`` decides reuse at runtime instead of
         ``mask`` (give an all-true mask)."""
         T = self.steps
-        stop = T if stop is None else stop
-        if len(mask) != T or not 0 <= start < stop <= T:
-            raise ValueError(f"need a mask of {T} steps and 0 <= start < stop <= {T}")
-        if start > 0 and state is None:
-            raise ValueError("a replay from step > 0 needs the stored state")
+        stop = checked_range(T, mask, start, stop, state)
         x = self.noise if state is None else state
         # steps before `start` are not run; step `start` computes (nothing is cached yet)
         effective = [True] * (start + 1) + list(mask[start + 1 :])

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .flow import FlowSampler
-from .metrics import psnr, relative_l1, ssim
+from .metrics import perceptual_objective, psnr, relative_l1, ssim, worst_share_mean
 from .testbed.sampler import DEFAULT_SHIFT, sigmas, to_unit_range
 
 CALIBRATION_CLASSES: tuple[int, ...] = (0, 2, 4, 6, 8)
@@ -36,7 +36,7 @@ class TaskConfig:
     steps: int = 50
     cfg_scale: float = 4.0
     shift: float = DEFAULT_SHIFT
-    calibration_samples: int = 8
+    calibration_samples: int = 16
     evaluation_samples: int = 16
     calibration_classes: tuple[int, ...] = CALIBRATION_CLASSES
     evaluation_classes: tuple[int, ...] = EVALUATION_CLASSES
@@ -175,6 +175,19 @@ def fidelity(cached: torch.Tensor, full: torch.Tensor) -> Fidelity:
 def image_distance(distance: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """Lift an image distance to latents (for the anchor objective of :func:`calibrate`)."""
     return lambda cached, full: distance(decode(cached), decode(full))
+
+
+def anchor_objective(share: float = 0.5) -> tuple[Callable[[torch.Tensor, torch.Tensor], float], str, str]:
+    """The anchor's end-to-end objective on latents: the best available perceptual distance
+    (:func:`~otcache_core.metrics.perceptual_objective`: LPIPS, else ``1 - SSIM``) per decoded image,
+    averaged over the worst ``share`` of the calibration images.
+
+    Returns ``(distance, name, note)``; ``note`` says why LPIPS was not used, if it was not.
+    """
+    objective = perceptual_objective()
+    name = objective.name if share >= 1.0 else f"{objective.name}, worst {share:.0%} of images"
+    distance = objective.distance if share >= 1.0 else worst_share_mean(objective.distance, share)
+    return image_distance(distance), name, objective.note
 
 
 # -- timing ------------------------------------------------------------------------------------------

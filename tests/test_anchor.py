@@ -107,3 +107,28 @@ def test_missing_optuna_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(MissingDependencyError, match=r"otcache\[calibrate\]"):
         search_anchor(distance_to_target, 30, 9, n_trials=2)
+
+
+def test_a_move_keeps_the_steps_strictly_increasing_and_in_range():
+    from otcache_core.anchor import moved
+
+    s = Schedule.from_steps([0, 2, 3, 9], 10)
+    assert moved(s, 1, 1) is None and moved(s, 1, -2) is None  # would hit 3, or 0
+    assert moved(s, 3, 1) is None  # 10 is out of range
+    assert moved(s, 3, -1).compute_steps == (0, 2, 3, 8)  # the last step may move off T-1
+
+
+def test_local_search_walks_to_the_optimum_of_a_separable_objective():
+    from otcache_core.anchor import local_search
+
+    uniform = sample_warp(warp_of(Schedule.all_compute(30)), 30, 9)
+    best = local_search(distance_to_target, uniform, lambda: True)
+    assert best.compute_steps == TARGET
+
+
+def test_polish_refines_the_best_schedule_within_the_trial_budget():
+    uniform = sample_warp(warp_of(Schedule.all_compute(30)), 30, 9)
+    tpe_only = search_anchor(distance_to_target, 30, 9, n_trials=60, seed=3, initial=[uniform], polish=0.0)
+    polished = search_anchor(distance_to_target, 30, 9, n_trials=60, seed=3, initial=[uniform], polish=0.6)
+    assert polished.score < tpe_only.score
+    assert polished.trials == 60 and polished.evaluations <= 60

@@ -90,3 +90,10 @@ def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "otcache_core", "schedule", "--reference", REF, "--anchor", ANCHOR,
                            "--steps", "50", "--budget", "70"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and proc.stdout == ""
+
+
+def test_the_schedule_commands_do_not_import_torch():
+    # A schedule is arithmetic on step lists; torch's import alone would take longer than the answer.
+    probe = "import sys, otcache_core.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

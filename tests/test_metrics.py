@@ -58,3 +58,17 @@ def test_perceptual_objective_falls_back_with_a_note_when_lpips_is_missing(monke
 
 def test_latent_outputs_use_relative_l1():
     assert perceptual_objective("lpips", images=False).name == "rel_l1"
+
+
+def test_worst_share_mean_averages_the_hardest_images():
+    from otcache_core.metrics import worst_share_mean
+
+    full = torch.zeros(4, 1, 8, 8)
+    cached = full.clone()
+    for i, level in enumerate([0.1, 0.4, 0.2, 0.3]):
+        cached[i] += level
+    mean_abs = lambda a, b: float((a - b).abs().mean())  # noqa: E731
+    assert worst_share_mean(mean_abs, 0.5)(cached, full) == pytest.approx((0.4 + 0.3) / 2)
+    assert worst_share_mean(mean_abs, 1.0)(cached, full) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        worst_share_mean(mean_abs, 0.0)
