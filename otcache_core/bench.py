@@ -10,7 +10,8 @@ calibration samples), the same budgets ``B`` (computed steps of ``T``) for every
   whole model output instead of the block-stack residual (``otcache-model``, mode ``model``; the same
   schedules unless ``calibrate_model_mode``);
 * **lemica**: the leximax graph path solved at each budget from the same edge errors (and from
-  ``global`` errors, LeMiCa's own strength: ``lemica-global``);
+  ``global`` errors, LeMiCa's own strength: ``lemica-global``, and from ``drift``: ``lemica-drift``;
+  ``lemica-model``: the same paths with ``model`` reuse, next to ``otcache-model``);
 * **uniform** spacing and the published-style **hand** schedule
   (:func:`otcache_core.baselines.hand_schedule`);
 * runtime-adaptive **teacache**, **magcache**, **easycache** (:mod:`otcache_core.baselines`), their
@@ -258,8 +259,10 @@ def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> l
     if settings.model_mode:
         methods.append(StaticMethod("otcache-model", otcache(cals.model_mode or main), mode="model"))
     methods.append(StaticMethod("lemica", graph(cals.errors[settings.strength])))
-    if "global" in cals.errors and settings.strength != "global":
-        methods.append(StaticMethod("lemica-global", graph(cals.errors["global"])))
+    for strength in settings.other_strengths:
+        methods.append(StaticMethod(f"lemica-{strength}", graph(cals.errors[strength])))
+    if settings.model_mode:
+        methods.append(StaticMethod("lemica-model", graph(cals.errors[settings.strength]), mode="model"))
     methods.append(StaticMethod("uniform", lambda B: (sample_warp(identity_warp(), T, B), {})))
     methods.append(StaticMethod("hand", lambda B: (hand_schedule(T, B), {})))
     return methods
@@ -427,19 +430,31 @@ def pivot_table(rows: Sequence[dict], key: str, label: str, digits: int = 2) -> 
     return "\n".join(lines)
 
 
+MAIN_OTCACHE = {"blocks": "otcache", "model": "otcache-model"}
+"""The OTCache row compared with the other methods of the same reuse mode."""
+
+
 def winners(rows: Sequence[dict]) -> list[str]:
-    """Per budget: the best method by PSNR, and OTCache's margin over the best other method and LeMiCa."""
+    """Per budget: the best method by PSNR, and, per reuse mode, OTCache's margin over the best other
+    method of that mode and over LeMiCa (the graph path) of that mode."""
     out = ["### Per budget (PSNR)", ""]
     for b in sorted({r["budget"] for r in rows}, reverse=True):
-        at = {r["method"]: (r["psnr"] if r["psnr"] is not None else float("inf")) for r in rows if r["budget"] == b}
-        best = max(at, key=at.get)
-        line = f"- B={b}: best {best} ({at[best]:.2f} dB)"
-        if "otcache" in at:
-            others = {m: v for m, v in at.items() if not m.startswith("otcache")}
+        at_budget = [r for r in rows if r["budget"] == b]
+        psnr = {r["method"]: (r["psnr"] if r["psnr"] is not None else float("inf")) for r in at_budget}
+        best = max(psnr, key=psnr.get)
+        parts = [f"best {best} ({psnr[best]:.2f} dB)"]
+        for mode, ours in MAIN_OTCACHE.items():
+            if ours not in psnr:
+                continue
+            others = {r["method"]: psnr[r["method"]] for r in at_budget
+                      if r["mode"] == mode and not r["method"].startswith("otcache")}
+            text = f"{ours} {psnr[ours]:.2f} dB"
             if others:
                 rival = max(others, key=others.get)
-                line += f"; otcache {at['otcache']:.2f} dB, {at['otcache'] - others[rival]:+.2f} dB vs best non-OTCache ({rival})"
-            if "lemica" in at:
-                line += f", {at['otcache'] - at['lemica']:+.2f} dB vs lemica"
-        out.append(line)
+                text += f", {psnr[ours] - others[rival]:+.2f} dB vs best other {mode}-mode method ({rival})"
+            lemica = "lemica" if mode == "blocks" else f"lemica-{mode}"
+            if lemica in psnr:
+                text += f", {psnr[ours] - psnr[lemica]:+.2f} dB vs {lemica}"
+            parts.append(text)
+        out.append(f"- B={b}: " + "; ".join(parts))
     return out

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from otcache_core.baselines import hand_schedule
-from otcache_core.bench import BenchSettings, run_bench
+from otcache_core.bench import BenchSettings, run_bench, winners
 from otcache_core.testbed_task import ProgressBar, TaskConfig, tiny_task
 
 
@@ -40,7 +40,7 @@ def test_bench_json_structure_on_a_tiny_run(tmp_path):
     assert doc["steps"] == T and doc == result.document
     methods = {r["method"] for r in doc["results"]}
     assert {"otcache", "otcache-inverse", "otcache-warmup3", "otcache-global", "otcache-drift", "otcache-model",
-            "lemica", "lemica-global", "uniform", "hand", "teacache", "magcache", "easycache"} <= methods
+            "lemica", "lemica-global", "lemica-drift", "lemica-model", "uniform", "hand", "teacache", "magcache", "easycache"} <= methods
     for r in doc["results"]:
         for key in ("method", "budget", "psnr", "ssim", "rel_l1", "speedup_ideal", "speedup_measured"):
             assert key in r
@@ -58,3 +58,15 @@ def test_bench_settings_are_the_issue_s():
     settings = BenchSettings()
     assert settings.task.steps == 50 and settings.budgets == (25, 17, 13, 10, 8)
     assert set(TaskConfig().calibration_classes).isdisjoint(TaskConfig().evaluation_classes)
+
+
+def test_otcache_is_compared_with_methods_of_its_own_reuse_mode():
+    def row(method, mode, psnr):
+        return {"method": method, "mode": mode, "budget": 8, "psnr": psnr}
+
+    rows = [row("otcache", "blocks", 28.0), row("lemica", "blocks", 28.5), row("uniform", "blocks", 27.0),
+            row("otcache-model", "model", 30.0), row("lemica-model", "model", 29.0)]
+    (line,) = winners(rows)[2:]
+    assert line.startswith("- B=8: best otcache-model (30.00 dB)")
+    assert "otcache 28.00 dB, -0.50 dB vs best other blocks-mode method (lemica)" in line
+    assert "otcache-model 30.00 dB, +1.00 dB vs best other model-mode method (lemica-model)" in line
