@@ -62,16 +62,26 @@ def schedule_strips(rows: Sequence[tuple[str, Schedule]], *, cell: int = 10, gap
     return np.asarray(image, dtype=np.uint8)
 
 
+def _concatenate(images: Sequence[np.ndarray], axis: int, pad: int) -> np.ndarray:
+    """Images (H x W x 3 uint8) one after another along ``axis`` (0: down, 1: right) on white,
+    ``pad`` pixels apart, aligned at the top-left corner of the other axis."""
+    across = 1 - axis
+    size = [0, 0]
+    size[axis] = sum(im.shape[axis] for im in images) + pad * (len(images) - 1)
+    size[across] = max(im.shape[across] for im in images)
+    out = np.full((*size, 3), 255, dtype=np.uint8)
+    offset = 0
+    for im in images:
+        start = [0, 0]
+        start[axis] = offset
+        out[start[0] : start[0] + im.shape[0], start[1] : start[1] + im.shape[1]] = im
+        offset += im.shape[axis] + pad
+    return out
+
+
 def stack_vertically(images: Sequence[np.ndarray], *, pad: int = 6) -> np.ndarray:
     """Stack images (H x W x 3 uint8) top to bottom on white, left-aligned."""
-    width = max(im.shape[1] for im in images)
-    height = sum(im.shape[0] for im in images) + pad * (len(images) - 1)
-    out = np.full((height, width, 3), 255, dtype=np.uint8)
-    y = 0
-    for im in images:
-        out[y : y + im.shape[0], : im.shape[1]] = im
-        y += im.shape[0] + pad
-    return out
+    return _concatenate(images, 0, pad)
 
 
 def text_block(lines: Sequence[str], *, width: int | None = None) -> np.ndarray:
@@ -148,11 +158,4 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], tuple[int, int, int]]
 
 def side_by_side(images: Sequence[np.ndarray], *, pad: int = 8) -> np.ndarray:
     """Place images left to right on white, top-aligned."""
-    height = max(im.shape[0] for im in images)
-    width = sum(im.shape[1] for im in images) + pad * (len(images) - 1)
-    out = np.full((height, width, 3), 255, dtype=np.uint8)
-    x = 0
-    for im in images:
-        out[: im.shape[0], x : x + im.shape[1]] = im
-        x += im.shape[1] + pad
-    return out
+    return _concatenate(images, 1, pad)

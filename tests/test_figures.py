@@ -26,3 +26,14 @@ def test_line_plot_and_layout_helpers():
     assert plot.shape == (60, 120, 3) and (plot == [200, 0, 0]).all(axis=-1).any()
     both = side_by_side([plot, plot])
     assert both.shape[1] > 2 * 120 and stack_vertically([plot, plot]).shape[0] > 120
+
+
+def test_layout_places_each_image_at_its_offset_on_white():
+    a = np.zeros((3, 5, 3), dtype=np.uint8)
+    b = np.full((4, 2, 3), 7, dtype=np.uint8)
+    down = stack_vertically([a, b], pad=1)
+    assert down.shape == (3 + 1 + 4, 5, 3)
+    assert (down[:3] == 0).all() and (down[3] == 255).all() and (down[4:, :2] == 7).all() and (down[4:, 2:] == 255).all()
+    right = side_by_side([a, b], pad=2)
+    assert right.shape == (4, 5 + 2 + 2, 3)
+    assert (right[:3, :5] == 0).all() and (right[3, :5] == 255).all() and (right[:, 7:] == 7).all()

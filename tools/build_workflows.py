@@ -194,6 +194,26 @@ def flux_text(w: Workflow, x: float, y: float, prompt: str) -> tuple[int, int]:
     return guidance, zero
 
 
+def wire_cached_sampling(w: Workflow, model: int, positive: int, negative: int, latent: int, vae: int, *,
+                         schedule: int, apply_: int, sampler: int, decode: int, save: int, strips: int,
+                         summary: int, grouped_with: tuple[int, ...] = ()) -> None:
+    """Links of every sampling workflow: model -> OTCache Apply (with the schedule) -> KSampler -> VAE
+    decode -> save, and the schedule's preview image and summary to their viewers; the OTCache nodes
+    (``grouped_with`` first) in one group."""
+    w.link(model, 0, apply_, "model")
+    w.link(schedule, 0, apply_, "schedule")
+    w.link(schedule, 1, strips, "images")
+    w.link(schedule, 2, summary, "source")
+    w.link(apply_, 0, sampler, "model")
+    w.link(positive, 0, sampler, "positive")
+    w.link(negative, 0, sampler, "negative")
+    w.link(latent, 0, sampler, "latent_image")
+    w.link(sampler, 0, decode, "samples")
+    w.link(vae, 0, decode, "vae")
+    w.link(decode, 0, save, "images")
+    w.group("OTCache", [*grouped_with, schedule, apply_])
+
+
 FLUX_PROMPT = ("a red fox sitting in a snowy birch forest at dawn, soft golden light, mist between the trees, "
                "detailed fur, photograph")
 
@@ -221,18 +241,8 @@ def flux1_dev() -> dict:
     save = save_image(w, (1800, 0), "OTCache/flux1-dev")
     strips = preview_image(w, (420, 560), "OTCache schedule preview", size=(560, 260))
     summary = preview_text(w, (1000, 560), "OTCache schedule summary")
-    w.link(unet, 0, apply_, "model")
-    w.link(schedule, 0, apply_, "schedule")
-    w.link(schedule, 1, strips, "images")
-    w.link(schedule, 2, summary, "source")
-    w.link(apply_, 0, sampler, "model")
-    w.link(positive, 0, sampler, "positive")
-    w.link(negative, 0, sampler, "negative")
-    w.link(latent, 0, sampler, "latent_image")
-    w.link(sampler, 0, decode, "samples")
-    w.link(vae, 0, decode, "vae")
-    w.link(decode, 0, save, "images")
-    w.group("OTCache", [schedule, apply_])
+    wire_cached_sampling(w, unet, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
+                         decode=decode, save=save, strips=strips, summary=summary)
     return w.to_json()
 
 
@@ -264,20 +274,10 @@ def wan21_t2v() -> dict:
     strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
     summary = preview_text(w, (1480, 720), "OTCache schedule summary")
     w.link(unet, 0, shift, "model")
-    w.link(shift, 0, apply_, "model")
-    w.link(schedule, 0, apply_, "schedule")
-    w.link(schedule, 1, strips, "images")
-    w.link(schedule, 2, summary, "source")
     w.link(clip, 0, positive, "clip")
     w.link(clip, 0, negative, "clip")
-    w.link(apply_, 0, sampler, "model")
-    w.link(positive, 0, sampler, "positive")
-    w.link(negative, 0, sampler, "negative")
-    w.link(latent, 0, sampler, "latent_image")
-    w.link(sampler, 0, decode, "samples")
-    w.link(vae, 0, decode, "vae")
-    w.link(decode, 0, save, "images")
-    w.group("OTCache", [schedule, apply_])
+    wire_cached_sampling(w, shift, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
+                         decode=decode, save=save, strips=strips, summary=summary)
     return w.to_json()
 
 
@@ -306,20 +306,10 @@ def qwen_image() -> dict:
     strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
     summary = preview_text(w, (1480, 720), "OTCache schedule summary")
     w.link(unet, 0, shift, "model")
-    w.link(shift, 0, apply_, "model")
-    w.link(schedule, 0, apply_, "schedule")
-    w.link(schedule, 1, strips, "images")
-    w.link(schedule, 2, summary, "source")
     w.link(clip, 0, positive, "clip")
     w.link(clip, 0, negative, "clip")
-    w.link(apply_, 0, sampler, "model")
-    w.link(positive, 0, sampler, "positive")
-    w.link(negative, 0, sampler, "negative")
-    w.link(latent, 0, sampler, "latent_image")
-    w.link(sampler, 0, decode, "samples")
-    w.link(vae, 0, decode, "vae")
-    w.link(decode, 0, save, "images")
-    w.group("OTCache", [schedule, apply_])
+    wire_cached_sampling(w, shift, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
+                         decode=decode, save=save, strips=strips, summary=summary)
     return w.to_json()
 
 
@@ -361,18 +351,8 @@ def calibrate_flux() -> dict:
     w.link(calibrate, 0, schedule, "calibration")
     w.link(calibrate, 1, cal_strips, "images")
     w.link(calibrate, 2, cal_summary, "source")
-    w.link(unet, 0, apply_, "model")
-    w.link(schedule, 0, apply_, "schedule")
-    w.link(schedule, 1, strips, "images")
-    w.link(schedule, 2, summary, "source")
-    w.link(apply_, 0, sampler, "model")
-    w.link(positive, 0, sampler, "positive")
-    w.link(negative, 0, sampler, "negative")
-    w.link(latent, 0, sampler, "latent_image")
-    w.link(sampler, 0, decode, "samples")
-    w.link(vae, 0, decode, "vae")
-    w.link(decode, 0, save, "images")
-    w.group("OTCache", [calibrate, schedule, apply_])
+    wire_cached_sampling(w, unet, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
+                         decode=decode, save=save, strips=strips, summary=summary, grouped_with=(calibrate,))
     return w.to_json()
 
 
