@@ -17,14 +17,14 @@ from .warp import Warp, interpolate_warps, resample, round_to_schedule, sample_w
 
 # The runtime needs torch; the schedule math does not, so `python -m otcache_core schedule` answers
 # without paying torch's import (about 1.5 s).
-_LAZY = {"CacheRun": ".runtime", "RunReport": ".runtime", "step_index": ".runtime"}
+_RUNTIME_NAMES = {"CacheRun", "RunReport", "step_index"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name in _RUNTIME_NAMES:
+        from . import runtime
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(runtime, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

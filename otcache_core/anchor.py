@@ -12,8 +12,8 @@ so far by a deterministic local search on the step indices themselves: move one 
 ``s_k`` (``k >= 1``) by ``+-d`` (``d`` coarse, then 1) while the steps stay strictly increasing and
 below ``T``, keep every move that lowers the objective, and sweep until no move helps or the trials
 are spent. The warp parametrization cannot express small per-step adjustments (nor dropping the last
-step, as the graph paths often do), and on the testbed this refinement is what moves the anchor past
-its seeds on held-out samples.
+step, as the graph paths often do): on the testbed TPE alone never improved on its best exact seed,
+while this refinement moved the anchor off it (small held-out gains; see benchmarks/RESULTS.md).
 
 The objective is a callable supplied by the host (end-to-end distance between cached and full outputs
 over the calibration samples). Distinct parameters often round to the same schedule; each schedule is

@@ -66,8 +66,8 @@ class DemoSettings:
 
 
 def demo_settings(quick: bool) -> DemoSettings:
-    """The full demo (8 calibration and 16 evaluation samples, 40 anchor trials: a few minutes on two
-    loaded CPU cores) or the quick one (4 and 8 samples, 12 trials: under a minute)."""
+    """The full demo (8 calibration and 16 evaluation samples, 40 anchor trials: about 1.5 minutes on
+    two CPU cores) or the quick one (4 and 8 samples, 12 trials: about 30 seconds)."""
     if quick:
         return DemoSettings(task=TaskConfig(calibration_samples=4, evaluation_samples=8), trials=12, repeats=1)
     return DemoSettings()

@@ -161,8 +161,9 @@ def worst_share_mean(distance: Distance, share: float = 0.5) -> Distance:
 
     With ``d_1 >= d_2 >= ... >= d_N`` the per-image distances, the result is the mean of
     ``d_1 .. d_m``, ``m = ceil(share N)``; ``share = 1`` is the plain mean over images. Scoring a
-    schedule by its hard cases rather than its average one is what made the anchor transfer to
-    held-out classes on the testbed (see the bench notes): an average can be won on easy samples.
+    schedule by its hard cases keeps the search from winning on easy samples; on the testbed the
+    anchor found this way did slightly better on held-out classes than with the mean (0.1 dB at
+    B = 10; benchmarks/RESULTS.md).
     """
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share must be within (0, 1], got {share}")
