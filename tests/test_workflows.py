@@ -8,12 +8,12 @@ values that match the OTCache nodes' inputs. Runs without ComfyUI.
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from pack_import import load_pack
 from workflow_rules import FRONTEND_ONLY, load, socket_inputs, widget_inputs, widget_problems  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,17 +136,7 @@ def pack() -> ModuleType:
     """
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        for name in [n for n in sys.modules if n == PACK_NAME or n.startswith(PACK_NAME + ".")]:
-            del sys.modules[name]
-        raise
-    return module
+    return load_pack(REPO, PACK_NAME)
 
 
 @pytest.fixture
