@@ -159,7 +159,7 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
     if why:
         bar.message(f"note: {why}")
     cal_settings = CalibrationSettings(ref_budget, anchor_budget, strength=settings.strength,
-                                       max_skip=settings.max_skip, trials=settings.trials, seed=seed)
+                                       max_skip=settings.max_skip, trials=settings.trials, seed=seed, rules=("hold",))
 
     def run(mode: str) -> tuple[Calibration, np.ndarray]:
         bar.message(f"calibration ({mode} reuse, {settings.strength} edges, {len(task.calibration)} samples)")

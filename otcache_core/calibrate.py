@@ -14,8 +14,18 @@ Edge-error strengths (``K`` = maximum segment length):
   compared with the full trajectory's at ``j``: ``w = rel_L1(x0_hat_j, x0_full_j)`` (``j = T``: the
   final states). About ``T K`` model calls.
 * ``drift``: no extra calls; from the recorded model outputs ``o_k`` and step sizes ``dt_k`` of the full
-  run, ``w = sum_{k=i+1}^{j-1} dt_k mean|o_k - o_i| / mean|x_final|``, the first-order error that
-  reusing ``o_i`` injects, without propagation.
+  run, ``w = sum_{k=i+1}^{j-1} dt_k mean|o_k - o^_k| / mean|x_final|``, the first-order error that
+  reusing injects, without propagation (``o^_k``: the rule's stand-in built from the recorded outputs;
+  ``o_i`` for hold).
+
+Reuse rules (:mod:`otcache_core.reuse`): every edge is measured under each candidate rule, and its
+weight is the error of the rule that did best, which is recorded per edge. An edge keeps its
+definition, "this one segment cached, every other step computed", so in a replay from step ``i`` the
+rule's history is the full trajectory's: the replay starts ``lookback`` steps earlier (from the
+stored state there, computing those steps, which reproduces the full trajectory), and the previous
+computed step is ``i - 1``. At run time the previous computed step is the schedule's previous one, so
+a ``linear`` secant spans a longer gap than the edge measured; the anchor's end-to-end search, which
+runs every candidate schedule with its segments' rules as the runtime does, is what corrects for it.
 """
 
 from __future__ import annotations
@@ -38,11 +48,15 @@ from .errors import OTCacheError
 from .graph import solve_reference
 from .jsonfile import save_json
 from .metrics import relative_l1
+from .reuse import HOLD, LINEAR, QUADRATIC, EdgeRules, parse_rule, rule_names, rules_summary, step_rules
+from .runtime import CacheRun
 from .schedule import Schedule
 from .warp import identity_warp, resample, sample_warp
 
 STRENGTHS: tuple[str, ...] = ("global", "rollout", "drift")
 MIN_STEPS = 4
+#: Reuse rules a calibration measures unless told otherwise.
+DEFAULT_RULES: tuple[str, ...] = (HOLD, LINEAR, QUADRATIC)
 
 
 @dataclass
@@ -61,6 +75,8 @@ class SamplingResult:
     """With ``record``: the cached quantity (model output) per computed step."""
     step_sizes: list[float] | None = None
     """With ``record``: ``|sigma_{t+1} - sigma_t|`` for every step of the run's full schedule."""
+    sigmas: list[float] | None = None
+    """With ``record``: the ``T + 1`` noise levels of the run's full schedule."""
 
 
 class Sampler(Protocol):
@@ -77,6 +93,7 @@ class Sampler(Protocol):
         stop: int | None = None,
         record: bool = False,
         probe: Collection[int] = (),
+        reuse: str | Sequence[str] | None = None,
     ) -> SamplingResult:
         """Run steps ``start .. stop-1`` (``stop`` defaults to ``T``) computing where ``mask`` is true.
 
@@ -84,6 +101,8 @@ class Sampler(Protocol):
         full-compute state). ``mask[start]`` is always computed. ``probe``: steps at which, if reused,
         the full model is also run on the current state and its clean-sample prediction recorded in
         ``denoised`` without being used. ``record``: keep ``states``, ``outputs`` and ``step_sizes``.
+        ``reuse``: the reuse rule of every step (a list of ``T`` names) or one name for all; ``None``:
+        hold. A reused step's stand-in reads only what this run computed (from ``start`` on).
         """
         ...
 
@@ -118,6 +137,13 @@ class CalibrationSettings:
     """Share of the anchor trials spent refining the best schedule by local search (0: TPE only)."""
     storage: str | None = None
     study_name: str | None = None
+    rules: tuple[str, ...] = DEFAULT_RULES
+    """Candidate reuse rules measured on every edge (``("hold",)``: the calibration of before rules)."""
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            raise OTCacheError("give at least one reuse rule to measure (e.g. hold)")
+        self.rules = rule_names(self.rules)
 
     def validate(self, steps: int) -> None:
         if steps < MIN_STEPS:
@@ -151,16 +177,20 @@ def default_budgets(steps: int) -> tuple[int, int]:
     return ref, anchor
 
 
-def estimated_edge_calls(strength: str, steps: int, max_skip: int) -> int:
-    """Model calls the edge stage will make for one batch (the text shown before it starts)."""
+def estimated_edge_calls(strength: str, steps: int, max_skip: int, rules: Sequence[str] = (HOLD,)) -> int:
+    """Model calls the edge stage will make for one batch, all candidate ``rules`` together (the text
+    shown before it starts)."""
     T, K = steps, max_skip
     total = 0
-    for i in range(T):
-        top = min(i + K, T)
-        if strength == "global":
-            total += sum(T - i - (j - i - 1) for j in range(i + 2, top + 1))
-        elif strength == "rollout" and top > i + 1:
-            total += 1 + max(0, min(top, T - 1) - (i + 1))  # step i, then one probe per j < T
+    for rule in rule_names(rules):
+        lookback = parse_rule(rule).lookback
+        for i in range(T):
+            top = min(i + K, T)
+            warmup = min(lookback, i)  # computed steps replayed before i to give the rule its history
+            if strength == "global":
+                total += sum(warmup + T - i - (j - i - 1) for j in range(i + 2, top + 1))
+            elif strength == "rollout" and top > i + 1:
+                total += warmup + 1 + max(0, min(top, T - 1) - (i + 1))  # step i, then one probe per j < T
     return total
 
 
@@ -190,17 +220,21 @@ def _measured_rows(
 def edge_errors_global(
     sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
     done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
+    rule: str = HOLD,
 ) -> tuple[np.ndarray, int]:
-    """LeMiCa's end-to-end edge errors (see module doc). Returns the matrix and the model calls."""
+    """LeMiCa's end-to-end edge errors under reuse ``rule`` (see module doc). Returns the matrix and
+    the model calls."""
     T = sampler.steps
+    lookback = parse_rule(rule).lookback
 
     def measure_row(i: int) -> tuple[list[float | None], int]:
         row: list[float | None] = [None] * (T + 1)
         calls = 0
+        start = max(0, i - lookback)
         for j in range(i + 2, min(i + max_skip, T) + 1):
             mask = [True] * T
             mask[i + 1 : j] = [False] * (j - i - 1)
-            result = sampler.run(mask, start=i, state=full.states[i])
+            result = sampler.run(mask, start=start, state=full.states[start], reuse=rule)
             calls += result.model_calls
             row[j] = relative_l1(result.final, full.final)
         return row, calls
@@ -211,9 +245,12 @@ def edge_errors_global(
 def edge_errors_rollout(
     sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
     done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
+    rule: str = HOLD,
 ) -> tuple[np.ndarray, int]:
-    """One cached rollout per start step, probed at every candidate next step (see module doc)."""
+    """One cached rollout per start step under reuse ``rule``, probed at every candidate next step
+    (see module doc)."""
     T = sampler.steps
+    lookback = parse_rule(rule).lookback
 
     def measure_row(i: int) -> tuple[list[float | None], int]:
         row: list[float | None] = [None] * (T + 1)
@@ -221,7 +258,9 @@ def edge_errors_rollout(
         mask = [True] * T
         mask[i + 1 : end + 1] = [False] * (min(end, T - 1) - i)
         probes = range(i + 2, min(end, T - 1) + 1)
-        result = sampler.run(mask, start=i, state=full.states[i], stop=min(end + 1, T), probe=probes)
+        start = max(0, i - lookback)
+        result = sampler.run(mask, start=start, state=full.states[start], stop=min(end + 1, T), probe=probes,
+                             reuse=rule)
         for j in range(i + 2, end + 1):
             reached, target = (result.final, full.final) if j == T else (result.denoised[j], full.denoised[j])
             row[j] = relative_l1(reached, target)
@@ -230,21 +269,58 @@ def edge_errors_rollout(
     return _measured_rows(T, measure_row, progress, done_rows, on_row)
 
 
-def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int) -> tuple[np.ndarray, int]:
-    """Residual drift along the recorded full trajectory; no model calls (see module doc)."""
+def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int, rule: str = HOLD) -> tuple[np.ndarray, int]:
+    """Output drift along the recorded full trajectory under reuse ``rule``; no model calls (see
+    module doc). The stand-ins come from the cache engine fed with the recorded outputs."""
     T = sampler.steps
     if full.step_sizes is None or len(full.outputs) < T:
         raise OTCacheError("drift edge errors need the full run recorded with outputs and step sizes")
+    reuse = parse_rule(rule)
+    if reuse.kind != HOLD and full.sigmas is None:
+        raise OTCacheError("drift edge errors under a corrected rule need the full run's sigmas recorded")
     scale = float(full.final.detach().abs().double().mean()) or 1.0
     w = _empty_matrix(T)
     for i in range(T - 1):
+        end = min(i + max_skip, T)
+        standins = _drift_standins(full, reuse, i, end - 1, T) if reuse.kind != HOLD else None
         acc = 0.0
-        for j in range(i + 2, min(i + max_skip, T) + 1):
+        for j in range(i + 2, end + 1):
             k = j - 1
-            diff = (full.outputs[k].double() - full.outputs[i].double()).abs().mean()
+            standin = full.outputs[i] if standins is None else standins[k]
+            diff = (full.outputs[k].double() - standin.double()).abs().mean()
             acc += full.step_sizes[k] * float(diff) / scale
             w[i, j] = acc
     return w, 0
+
+
+def _drift_standins(full: SamplingResult, rule, i: int, last: int, steps: int) -> dict[int, torch.Tensor]:
+    """Stand-ins for steps ``i+1 .. last`` when ``0 .. i`` computed the recorded outputs."""
+    mask = [k <= i for k in range(steps)]
+    run = CacheRun(Schedule.from_mask(mask), rules=rule.name, sigmas=full.sigmas)
+    for k in range(max(0, i - rule.lookback), i + 1):
+        run.store("output", full.outputs[k], full.sigmas[k])
+    return {k: run.standin("output", k, full.sigmas[k]) for k in range(i + 1, last + 1)}
+
+
+def _share_of(progress: Progress | None, part: int, parts: int) -> Progress | None:
+    """Progress of one of ``parts`` equal parts of a stage, reported as progress of the whole stage."""
+    if progress is None:
+        return None
+    return lambda stage, done, total: progress(stage, part * total + done, parts * total)
+
+
+def best_rules(by_rule: dict[str, np.ndarray], steps: int) -> tuple[np.ndarray, EdgeRules]:
+    """Per edge, the smallest error over the candidate rules and the rule that reached it (ties: the
+    earlier candidate; an edge only some rules measured takes the best of those)."""
+    names = list(by_rule)
+    stack = np.stack([by_rule[n] for n in names])
+    filled = np.where(np.isnan(stack), np.inf, stack)
+    choice = np.argmin(filled, axis=0)
+    errors = np.take_along_axis(filled, choice[None], axis=0)[0]
+    errors[~np.isfinite(errors)] = np.nan
+    matrix = [[names[choice[i, j]] if j >= i + 2 and np.isfinite(errors[i, j]) else None for j in range(steps + 1)]
+              for i in range(steps + 1)]
+    return errors, EdgeRules.from_matrix(matrix, steps)
 
 
 def _empty_matrix(T: int) -> np.ndarray:
@@ -291,6 +367,13 @@ class EdgeCheckpoint:
                     self.rows = {int(i): row for i, row in doc.get("rows", {}).items()}
             except (OSError, ValueError, AttributeError):
                 self.rows = {}
+
+    def for_rule(self, rule: str) -> EdgeCheckpoint:
+        """The rows measured under reuse ``rule``: this file for hold (so checkpoints written before
+        rules existed still resume), a sibling file ``<name>.<rule>.json`` for the others."""
+        if parse_rule(rule).name == HOLD:
+            return self
+        return EdgeCheckpoint(self.path.with_name(f"{self.path.stem}.{parse_rule(rule).name}{self.path.suffix}"), self.key)
 
     def add(self, i: int, row: list[float | None]) -> None:
         self.rows[i] = row
@@ -346,21 +429,28 @@ def calibrate(
     if progress:
         progress("trajectories", 1, 1)
 
-    estimate = estimated_edge_calls(settings.strength, T, settings.max_skip)
-    say(f"stage 2/3: {settings.strength} edge errors, K={settings.max_skip}: about {estimate} model calls "
-        f"({estimate / max(1, T):.1f} full generations)")
+    estimate = estimated_edge_calls(settings.strength, T, settings.max_skip, settings.rules)
+    say(f"stage 2/3: {settings.strength} edge errors, K={settings.max_skip}, reuse rules {', '.join(settings.rules)}: "
+        f"about {estimate} model calls ({estimate / max(1, T):.1f} full generations)")
     t0 = time.perf_counter()
-    rows = checkpoint.rows if checkpoint else None
-    on_row = checkpoint.add if checkpoint else None
-    if settings.strength == "global":
-        errors, calls = edge_errors_global(sampler, full, settings.max_skip, progress, rows, on_row)
-    elif settings.strength == "rollout":
-        errors, calls = edge_errors_rollout(sampler, full, settings.max_skip, progress, rows, on_row)
-    else:
-        errors, calls = edge_errors_drift(sampler, full, settings.max_skip)
+    by_rule: dict[str, np.ndarray] = {}
+    calls = 0
+    for number, rule in enumerate(settings.rules):
+        part = checkpoint.for_rule(rule) if checkpoint else None
+        rows, on_row = (part.rows, part.add) if part else (None, None)
+        rule_progress = _share_of(progress, number, len(settings.rules))
+        if settings.strength == "global":
+            by_rule[rule], n = edge_errors_global(sampler, full, settings.max_skip, rule_progress, rows, on_row, rule)
+        elif settings.strength == "rollout":
+            by_rule[rule], n = edge_errors_rollout(sampler, full, settings.max_skip, rule_progress, rows, on_row, rule)
+        else:
+            by_rule[rule], n = edge_errors_drift(sampler, full, settings.max_skip, rule)
+        calls += n
+    errors, edge_rules = best_rules(by_rule, T)
     path = solve_reference(errors, T, settings.reference_budget, max_skip=settings.max_skip)
     cost_calls["edges"], cost_seconds["edges"] = calls, time.perf_counter() - t0
-    say(f"reference B={settings.reference_budget}: {list(path.schedule.compute_steps)}")
+    reference_rules, _ = edge_rules.segment_rules(path.schedule)
+    say(f"reference B={settings.reference_budget}: {list(path.schedule.compute_steps)} (rules: {rules_summary(reference_rules)})")
 
     say(f"stage 3/3: anchor search at B={settings.anchor_budget}, {settings.trials} trials ({objective_name})")
     t0 = time.perf_counter()
@@ -368,7 +458,8 @@ def calibrate(
 
     def objective(schedule: Schedule) -> float:
         nonlocal anchor_calls
-        result = sampler.run(schedule.mask())
+        rules, _ = edge_rules.segment_rules(schedule)
+        result = sampler.run(schedule.mask(), reuse=step_rules(schedule, rules))
         anchor_calls += result.model_calls
         return distance(result.final, full.final)
 
@@ -383,7 +474,9 @@ def calibrate(
         on_trial=on_trial, polish=settings.polish,
     )
     cost_calls["anchor"], cost_seconds["anchor"] = anchor_calls, time.perf_counter() - t0
-    say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g})")
+    anchor_rules, _ = edge_rules.segment_rules(anchor.schedule)
+    say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g}; "
+        f"rules: {rules_summary(anchor_rules)})")
 
     record = Calibration(
         name=name,
@@ -391,17 +484,21 @@ def calibrate(
         reference=ScheduleRecord(
             path.schedule, path.objective, path.worst_segment,
             {"segment_errors": list(path.segment_errors), "max_skip": settings.max_skip},
+            rules=reference_rules,
         ),
         anchor=ScheduleRecord(
             anchor.schedule, "optuna", anchor.score,
             {"objective": objective_name, "trials": anchor.trials, "seed": settings.seed, "n_bins": settings.n_bins,
              "polish": settings.polish,
              "history": anchor.history},
+            rules=anchor_rules,
         ),
         model=model or {},
         sampler=sampler_info or {},
         edge_errors={"strength": settings.strength, "max_skip": settings.max_skip, "metric": "rel_l1",
-                     "matrix": matrix_to_json(errors)},
+                     "matrix": matrix_to_json(errors), "rules": edge_rules.to_matrix(),
+                     "candidates": list(settings.rules),
+                     "by_rule": {rule: matrix_to_json(m) for rule, m in by_rule.items()}},
         cost={"model_calls": cost_calls, "seconds": {k: round(v, 3) for k, v in cost_seconds.items()},
               "full_generation_calls": full.model_calls},
     )

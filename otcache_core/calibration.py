@@ -3,6 +3,11 @@
 Schedules for any budget and step count are derived from it (:mod:`otcache_core.plan`). Shipped
 presets built from published step lists use the same record, with ``method = "published"`` and their
 source named.
+
+Versions: 2 adds reuse rules (:mod:`otcache_core.reuse`): the rule each measured edge did best with
+(``edge_errors.rules``, with the candidates and each candidate's matrix) and the rule of each segment
+of the reference and the anchor (``rules``). Version-1 files (every file written before rules, the
+shipped presets included) load unchanged and reuse with ``hold``, exactly as before.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import numpy as np
 
 from .errors import FileFormatError, OTCacheError
 from .jsonfile import check_document, load_json, require, save_json
+from .reuse import EdgeRules, parse_rule, rules_summary
 from .schedule import Schedule, schedule_from_fields
 
 CALIBRATION_FORMAT = "otcache.calibration"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,17 @@ class ScheduleRecord:
     score: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     """Method-specific facts: segment errors, objective name, trials, source of a published list."""
+    rules: tuple[str, ...] | None = None
+    """The reuse rule of each segment (``None``: hold everywhere, as every record before rules)."""
+
+    def __post_init__(self) -> None:
+        if self.rules is not None:
+            rules = tuple(parse_rule(r).name for r in self.rules)
+            if len(rules) != len(self.schedule.segments()):
+                raise OTCacheError(
+                    f"{len(rules)} reuse rules for the {len(self.schedule.segments())} segments of {self.schedule}"
+                )
+            object.__setattr__(self, "rules", rules)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -42,6 +59,8 @@ class ScheduleRecord:
         }
         if self.score is not None:
             out["score"] = self.score
+        if self.rules is not None:
+            out["rules"] = list(self.rules)
         out.update(self.details)
         return out
 
@@ -54,8 +73,16 @@ class ScheduleRecord:
         score = doc.get("score")
         if score is not None and not isinstance(score, (int, float)):
             raise FileFormatError(f"{where}: 'score' must be a number")
-        details = {k: v for k, v in doc.items() if k not in ("compute_steps", "budget", "steps", "method", "score")}
-        return cls(schedule, method, None if score is None else float(score), details)
+        rules = doc.get("rules")
+        if rules is not None and (not isinstance(rules, list) or not all(isinstance(r, str) for r in rules)):
+            raise FileFormatError(f"{where}: 'rules' must be a list of reuse rule names")
+        details = {k: v for k, v in doc.items()
+                   if k not in ("compute_steps", "budget", "steps", "method", "score", "rules")}
+        try:
+            return cls(schedule, method, None if score is None else float(score), details,
+                       None if rules is None else tuple(rules))
+        except OTCacheError as exc:
+            raise FileFormatError(f"{where}: {exc}") from exc
 
 
 @dataclass
@@ -71,7 +98,9 @@ class Calibration:
     sampler: dict[str, Any] = field(default_factory=dict)
     """Sampler settings of the calibration runs (sampler, scheduler, cfg, ...)."""
     edge_errors: dict[str, Any] | None = None
-    """``{"strength", "max_skip", "metric", "matrix"}``, the ``(T+1) x (T+1)`` matrix with null gaps."""
+    """``{"strength", "max_skip", "metric", "matrix"}``, the ``(T+1) x (T+1)`` matrix with null gaps;
+    since version 2 also ``rules`` (the best rule per edge, same layout), ``candidates`` and
+    ``by_rule`` (each candidate's matrix)."""
     cost: dict[str, Any] = field(default_factory=dict)
     """Per stage: model calls and seconds."""
     source: dict[str, Any] = field(default_factory=dict)
@@ -101,12 +130,25 @@ class Calibration:
         rows = self.edge_errors["matrix"]
         return np.asarray([[np.nan if x is None else x for x in row] for row in rows], dtype=float)
 
+    @property
+    def has_rules(self) -> bool:
+        """Whether the calibration measured reuse rules (version 2); without, every segment holds."""
+        return bool(self.edge_errors and self.edge_errors.get("rules") is not None) or any(
+            r.rules is not None for r in (self.reference, self.anchor))
+
+    def edge_rules(self, fallback: str = "nearest") -> EdgeRules | None:
+        """The best reuse rule per measured edge, or ``None`` (files without rules: hold)."""
+        if not self.edge_errors or self.edge_errors.get("rules") is None:
+            return None
+        return EdgeRules.from_matrix(self.edge_errors["rules"], self.steps, fallback)
+
     def to_dict(self) -> dict[str, Any]:
         from . import __version__
 
         return {
             "format": CALIBRATION_FORMAT,
-            "version": CALIBRATION_VERSION,
+            # a record without rules is written as version 1, which every OTCache reads the same way
+            "version": CALIBRATION_VERSION if self.has_rules else 1,
             "name": self.name,
             "steps": self.steps,
             "model": self.model,
@@ -158,11 +200,16 @@ class Calibration:
     def summary(self) -> str:
         """A few human-readable lines: what was calibrated and the two schedules."""
         ref, anc = self.reference, self.anchor
+        def rules(record: ScheduleRecord) -> str:
+            return f" (rules: {rules_summary(record.rules)})" if record.rules else ""
+
         lines = [
             f"calibration {self.name!r}: {self.model.get('family', 'unknown family')}, T={self.steps}",
-            f"reference ({ref.method}) B={ref.schedule.budget}: {list(ref.schedule.compute_steps)}",
-            f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}",
+            f"reference ({ref.method}) B={ref.schedule.budget}: {list(ref.schedule.compute_steps)}{rules(ref)}",
+            f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}{rules(anc)}",
         ]
+        if not self.has_rules:
+            lines.append("reuse rules: none measured (a file from before rules): every reused step holds")
         if anc.method == "published" and not any("published graph schedule" in n for n in self.notes):
             lines.append("the anchor is a published graph schedule, not an Optuna-searched one; calibrate to replace it")
         lines.extend(self.notes)
@@ -186,6 +233,17 @@ def _check_matrix(edge_errors: Any, steps: int, *, where: str) -> None:
         for x in row:
             if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
                 raise FileFormatError(f"{where}: matrix entries must be numbers or null, found {x!r}")
+    rules = edge_errors.get("rules")
+    if rules is not None:
+        if len(rules) != steps + 1 or any(not isinstance(r, list) or len(r) != steps + 1 for r in rules):
+            raise FileFormatError(f"{where}: 'rules' must be {steps + 1} x {steps + 1} for {steps} steps")
+        try:
+            for row in rules:
+                for name in row:
+                    if name is not None:
+                        parse_rule(name)
+        except OTCacheError as exc:
+            raise FileFormatError(f"{where}: {exc}") from exc
 
 
 def matrix_to_json(matrix: np.ndarray) -> list[list[float | None]]:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from .calibration import Calibration
+from .reuse import rules_summary
 from .errors import OTCacheError
 from .graph import solve_reference
 from .interpolation import LAMBDA_MAPPINGS, predict
@@ -40,7 +41,7 @@ def _schedule_command(args: argparse.Namespace) -> dict:
             calibration, BudgetRule("steps", args.budget, args.steps), mapping=args.mapping, warmup=args.warmup
         )
         resolved = plan.resolve(args.steps)
-        prediction, notes = resolved.prediction, list(resolved.notes)
+        prediction, notes, rules = resolved.prediction, list(resolved.notes), resolved.rules
         if calibration.anchor.method == "published":
             notes.append("the anchor is a published graph schedule, not an Optuna-searched one")
         source_steps = calibration.steps
@@ -52,8 +53,11 @@ def _schedule_command(args: argparse.Namespace) -> dict:
         anchor = Schedule.from_steps(parse_step_list(args.anchor, name="--anchor"), source_steps)
         prediction = predict(reference, anchor, args.steps, args.budget, mapping=args.mapping, warmup=args.warmup)
         notes = [] if source_steps == args.steps else [f"schedule resampled from T={source_steps} to T={args.steps}"]
+        rules = None
     out = prediction.to_dict()
     out["source_steps"] = source_steps
+    if rules is not None:
+        out["rules"] = list(rules)
     out["notes"] = notes
     return out
 
@@ -101,6 +105,8 @@ def _print_schedule(out: dict) -> None:
     if "lambda" in out:
         extra = " (extrapolated below the anchor)" if out.get("extrapolated") else ""
         print(f"lambda: {out['lambda']:.4f}, regime: {out['regime']}{extra}")
+    if "rules" in out:
+        print(f"reuse rules per segment: {','.join(out['rules'])} ({rules_summary(out['rules'])})")
     for note in out.get("notes", []):
         print(f"note: {note}")
 

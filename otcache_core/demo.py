@@ -1,12 +1,15 @@
 """``python -m otcache_core demo``: the three OTCache stages on the embedded testbed, end to end.
 
 1. Calibrate on the calibration samples (:func:`otcache_core.calibrate.calibrate`): full-compute
-   trajectories, edge errors by replay and the leximax reference at ``B_ref ~ T/2``, then the Optuna
-   anchor at ``B_anchor ~ T/5`` with an end-to-end objective on decoded images (LPIPS where it is
-   installed with its weights, else ``1 - SSIM``; the output says which).
-2. Predict schedules for a range of budgets by quantile interpolation (no model calls).
+   trajectories, edge errors by replay under each candidate reuse rule and the leximax reference at
+   ``B_ref ~ T/2``, then the Optuna anchor at ``B_anchor ~ T/5`` with an end-to-end objective on
+   decoded images (LPIPS where it is installed with its weights, else ``1 - SSIM``; the output says
+   which).
+2. Predict schedules for a range of budgets by quantile interpolation (no model calls); each segment
+   reuses with the rule its edge measured best.
 3. Evaluate them on held-out samples (other seeds, other classes) against full compute: PSNR, SSIM,
-   ideal speedup ``T/B`` and measured wall-clock speedup; uniform spacing is shown for comparison.
+   ideal speedup ``T/B`` and measured wall-clock speedup; uniform spacing with linear extrapolation
+   is shown for comparison.
 
 Writes the calibration JSON and one PNG figure into the output folder and prints a table.
 """
@@ -190,9 +193,10 @@ def _evaluate(task: Task, calibration: Calibration, settings: DemoSettings,
     for i, B in enumerate(budgets):
         resolved = SchedulePlan.from_calibration(calibration, BudgetRule("steps", B, T)).resolve(T)
         schedule = resolved.schedule
-        cached, seconds = timed(lambda: sampler.sample(schedule))
-        speed, _ = meter.speedup(lambda: sampler.sample(schedule), seconds)
-        uniform = sampler.sample(sample_warp(identity_warp(), T, B))
+        rules = list(resolved.segment_rules())
+        cached, seconds = timed(lambda: sampler.sample(schedule, rules=rules))
+        speed, _ = meter.speedup(lambda: sampler.sample(schedule, rules=rules), seconds)
+        uniform = sampler.sample(sample_warp(identity_warp(), T, B), rules="linear")
         rows.append(DemoRow(B, schedule.compute_steps, resolved.prediction.regime, T / B, speed,
                             fidelity(cached, full), fidelity(uniform, full)))
         images[f"B={B}"] = decode(cached)

@@ -8,7 +8,12 @@ Two reuse modes, both through :class:`otcache_core.runtime.CacheRun`:
 
 * ``blocks``: the residual of the block stack (``h_out - h_in``) per CFG stream; skipped steps still
   run the embedders and the head.
-* ``model``: the change of the whole model output against its input (``v - x``) per stream.
+* ``model``: the whole model output, the velocity ``v``, per stream: what OTCache's ComfyUI hook keeps
+  (``eps = (x - denoised) / sigma`` is ``v`` for flow models), so the testbed measures what ComfyUI
+  users get.
+
+A reused step's stand-in follows the step's reuse rule (:mod:`otcache_core.reuse`), extrapolated
+along ``t`` (= sigma) from what the stream stored at earlier computed steps.
 
 :class:`FlowSampler` implements :class:`otcache_core.calibrate.Sampler` for the calibration stages.
 With a :class:`~otcache_core.runtime.StepPolicy` a run decides its steps at runtime instead (the
@@ -24,6 +29,7 @@ from typing import Protocol
 import torch
 
 from .calibrate import SamplingResult, checked_range
+from .reuse import step_rules
 from .runtime import CacheRun, StepPolicy
 from .schedule import Schedule
 
@@ -100,12 +106,12 @@ class CachedVelocity:
             features = StepInputs(xx, xx, None, t) if run.policy is not None else None
             reuse = run.plan_call(step, run.ready(keys, like=xx[streams[0][1]]), features)
             if reuse:
-                out = torch.cat([xx[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
+                out = torch.cat([run.standin(key, step, t) for key in keys])
             else:
                 out = self.model(xx, tt, self.labels)
                 if out.shape == xx.shape:
                     for key, (_, rows) in zip(keys, streams):
-                        run.store(key, out[rows] - xx[rows])
+                        run.store(key, out[rows], t)
                 run.observe(step, features, out)
         else:
             keys = [("blocks", name) for name, _ in streams]
@@ -113,13 +119,13 @@ class CachedVelocity:
             features = StepInputs(xx, h, c, t) if run.policy is not None else None
             reuse = run.plan_call(step, run.ready(keys, like=h[streams[0][1]]), features)
             if reuse:
-                h_out = torch.cat([h[rows] + run.residual(key) for key, (_, rows) in zip(keys, streams)])
+                h_out = torch.cat([h[rows] + run.standin(key, step, t) for key, (_, rows) in zip(keys, streams)])
             else:
                 h_out = h
                 for block in self.model.blocks:
                     h_out = block(h_out, c)
                 for key, (_, rows) in zip(keys, streams):
-                    run.store(key, h_out[rows] - h[rows])
+                    run.store(key, h_out[rows] - h[rows], t)
                 run.observe(step, features, h_out)
             out = self.model.head(h_out, c)
         run.add_call(reuse, run.clock(x.device) - start)
@@ -156,9 +162,12 @@ class FlowSampler:
     def step_sizes(self) -> list[float]:
         return [abs(b - a) for a, b in zip(self.sigmas, self.sigmas[1:])]
 
-    def sample(self, schedule: Schedule, *, policy: StepPolicy | None = None) -> torch.Tensor:
-        """The final latent under ``schedule`` or ``policy`` (the report lands in ``last_report``)."""
-        return self.run(schedule.mask(), policy=policy).final
+    def sample(self, schedule: Schedule, *, policy: StepPolicy | None = None,
+               rules: str | Sequence[str] | None = None) -> torch.Tensor:
+        """The final latent under ``schedule`` (reused segments following ``rules``: one name, or one per
+        segment) or ``policy`` (the report lands in ``last_report``)."""
+        per_step = None if rules is None or isinstance(rules, str) else step_rules(schedule, rules)
+        return self.run(schedule.mask(), policy=policy, reuse=per_step or rules).final
 
     @torch.no_grad()
     def run(
@@ -170,6 +179,7 @@ class FlowSampler:
         stop: int | None = None,
         record: bool = False,
         probe: Collection[int] = (),
+        reuse: str | Sequence[str] | None = None,
         policy: StepPolicy | None = None,
     ) -> SamplingResult:
         """See :class:`~otcache_core.calibrate.Sampler`; ``policy`` decides reuse at runtime instead of
@@ -179,7 +189,8 @@ class FlowSampler:
         x = self.noise if state is None else state
         # steps before `start` are not run; step `start` computes (nothing is cached yet)
         effective = [True] * (start + 1) + list(mask[start + 1 :])
-        run = CacheRun(Schedule.from_mask(effective), mode=self.velocity.mode, policy=policy)
+        run = CacheRun(Schedule.from_mask(effective), mode=self.velocity.mode, policy=policy, rules=reuse,
+                       sigmas=self.sigmas)
         result = SamplingResult(final=x, model_calls=0, states=[x] if record else None)
         for k in range(start, stop):
             t = self.sigmas[k]
@@ -198,6 +209,6 @@ class FlowSampler:
                 result.states.append(x)
         result.final = x
         if record:
-            result.step_sizes = self.step_sizes
+            result.step_sizes, result.sigmas = self.step_sizes, list(self.sigmas)
         self.last_report = run.report()
         return result

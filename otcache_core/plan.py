@@ -13,6 +13,7 @@ from typing import Any, Literal
 from .calibration import Calibration
 from .errors import ScheduleError
 from .interpolation import LAMBDA_MAPPINGS, Prediction, budget_for_fraction, predict_from_warps
+from .reuse import HOLD, EdgeRules
 from .schedule import Schedule, check_steps
 from .warp import Warp, sample_warp, warp_of
 
@@ -67,10 +68,17 @@ class Resolved:
 
     prediction: Prediction
     notes: tuple[str, ...] = ()
+    rules: tuple[str, ...] | None = None
+    """The reuse rule of each segment of the schedule (``None``: hold everywhere)."""
+    fallbacks: int = 0
+    """Segments whose rule no calibration edge measured (they took the table's fallback)."""
 
     @property
     def schedule(self) -> Schedule:
         return self.prediction.schedule
+
+    def segment_rules(self) -> tuple[str, ...]:
+        return self.rules if self.rules is not None else (HOLD,) * len(self.schedule.segments())
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class SchedulePlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     families: tuple[str, ...] = ()
     """Model architectures the plan was made for (empty: any)."""
+    reuse: EdgeRules | None = None
+    """The calibration's best reuse rule per edge; segments look their rule up here (``None``: hold)."""
 
     def __post_init__(self) -> None:
         if self.mapping not in LAMBDA_MAPPINGS:
@@ -112,11 +122,20 @@ class SchedulePlan:
             warmup=warmup,
             label=label or calibration.name,
             families=calibration_families(calibration),
+            reuse=calibration.edge_rules(),
         )
 
     @classmethod
-    def from_schedule(cls, schedule: Schedule, *, label: str = "", rule: BudgetRule | None = None) -> SchedulePlan:
-        """A plan that reproduces ``schedule`` at its own T and resamples its warp elsewhere."""
+    def from_schedule(cls, schedule: Schedule, *, label: str = "", rule: BudgetRule | None = None,
+                      rules: tuple[str, ...] | None = None) -> SchedulePlan:
+        """A plan that reproduces ``schedule`` at its own T and resamples its warp elsewhere; ``rules``
+        (one per segment) are its segments' reuse rules (elsewhere: the nearest segment's)."""
+        reuse = None
+        if rules is not None:
+            segments = schedule.segments()
+            if len(rules) != len(segments):
+                raise ScheduleError(f"{len(rules)} reuse rules for the {len(segments)} segments of {schedule}")
+            reuse = EdgeRules(schedule.steps, tuple((i, j, r) for (i, j), r in zip(segments, rules) if j >= i + 2))
         return cls(
             reference=warp_of(schedule),
             ref_fraction=schedule.budget / schedule.steps,
@@ -125,6 +144,7 @@ class SchedulePlan:
             source_steps=schedule.steps,
             rule=rule or BudgetRule("steps", schedule.budget, schedule.steps),
             label=label,
+            reuse=reuse,
         )
 
     def resolve(self, steps: int) -> Resolved:
@@ -149,7 +169,13 @@ class SchedulePlan:
             )
         if prediction.extrapolated:
             notes.append("budget below the anchor's: extrapolated from the anchor, expect lower fidelity")
-        return Resolved(prediction, tuple(notes))
+        if self.reuse is None:
+            return Resolved(prediction, tuple(notes))
+        rules, fallbacks = self.reuse.segment_rules(prediction.schedule)
+        if fallbacks:
+            notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: "
+                         f"{self.reuse.fallback} measured edge's rule")
+        return Resolved(prediction, tuple(notes), rules, fallbacks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,6 +190,7 @@ class SchedulePlan:
             "label": self.label,
             "notes": list(self.notes),
             "families": list(self.families),
+            "reuse": None if self.reuse is None else self.reuse.to_dict(),
         }
 
     def fits(self, family: str) -> bool:

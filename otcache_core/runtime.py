@@ -11,6 +11,11 @@ only reused for an input of the same shape, dtype and device; anything else forc
 Reuse happens only where the schedule says so *and* every needed stream has a residual: an
 all-compute schedule therefore never touches a stored tensor and is exact by construction.
 
+What a reused call gets is decided by the step's *reuse rule* (:mod:`otcache_core.reuse`): each
+stream keeps a short history of ``(sigma, value)`` pairs, bounded by what the run's rules need (one
+value for ``hold``, two for ``linear``, ...), and :meth:`CacheRun.standin` extrapolates it to the
+sigma of the reused call under the rule of the segment the step lies in.
+
 A run may instead follow a runtime-adaptive :class:`StepPolicy` (the TeaCache-, MagCache- and
 EasyCache-style baselines of :mod:`otcache_core.baselines`): the schedule is then only the default,
 and the policy decides each step once, on the step's first call, from host-supplied features; the
@@ -21,12 +26,14 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections import Counter, deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from .reuse import HOLD, ReuseRule, parse_rule, history_depth, rules_summary
 from .schedule import Schedule
 
 
@@ -69,6 +76,8 @@ class RunReport:
     wall_seconds: float
     mode: str = "blocks"
     notes: list[str] = field(default_factory=list)
+    rules: dict[str, int] = field(default_factory=dict)
+    """Reused steps per reuse rule."""
 
     @property
     def ideal_speedup(self) -> float:
@@ -97,6 +106,8 @@ class RunReport:
         speed = self.model_speedup
         if speed is not None:
             parts.append(f"measured model speedup {speed:.2f}x")
+        if self.rules:
+            parts.append(f"rules: {rules_summary(self.rules)}")
         parts.append(f"wall {self.wall_seconds:.2f}s")
         if self.forced:
             parts.append(f"forced compute at {self.forced} (no residual to reuse)")
@@ -115,6 +126,7 @@ class RunReport:
             "calls_computed": self.calls_computed,
             "calls_reused": self.calls_reused,
             "wall_seconds": self.wall_seconds,
+            "rules": dict(self.rules),
             "notes": list(self.notes),
         }
 
@@ -139,10 +151,16 @@ class StepPolicy(Protocol):
 
 
 class CacheRun:
-    """State of one sampling run under one schedule (or one :class:`StepPolicy`)."""
+    """State of one sampling run under one schedule (or one :class:`StepPolicy`).
+
+    ``rules``: the reuse rule of each step (a name per step, as :func:`otcache_core.reuse.step_rules`
+    gives for a schedule's per-segment rules), one name for every step, or ``None`` for hold.
+    ``sigmas``: the run's ``T + 1`` noise levels, needed by rules that read the next step's sigma.
+    """
 
     def __init__(self, schedule: Schedule, *, mode: str = "blocks", notes: Iterable[str] = (),
-                 policy: StepPolicy | None = None) -> None:
+                 policy: StepPolicy | None = None, rules: str | Sequence[str] | None = None,
+                 sigmas: Sequence[float] | None = None) -> None:
         self.schedule = schedule
         self.mode = mode
         self.notes = list(notes)
@@ -151,7 +169,20 @@ class CacheRun:
         if policy is not None:
             policy.reset(schedule.steps)
         self._mask = schedule.mask()
-        self._residuals: dict[Hashable, torch.Tensor] = {}
+        T = schedule.steps
+        if rules is None or isinstance(rules, str):
+            self._rules = [parse_rule(rules or HOLD)] * T
+        elif len(rules) != T:
+            raise ValueError(f"need one reuse rule per step ({T}), got {len(rules)}")
+        else:
+            self._rules = [parse_rule(r) for r in rules]
+        self._sigmas = None if sigmas is None else [float(s) for s in sigmas]
+        depth, step_depth = history_depth(self._rules)
+        self._history: dict[Hashable, deque] = {}  # key -> (sigma, value) of the last computed steps
+        self._depth = depth
+        self._step_history: dict[Hashable, deque] = {}  # key -> (sigma, value) of the last steps (per-step rules)
+        self._step_depth = step_depth
+        self._standins: dict[Hashable, tuple[int, torch.Tensor]] = {}  # per-step rules: once per step
         self._status: dict[int, str] = {}  # step -> "computed" | "reused" | "forced"
         self._calls = {True: 0, False: 0}  # reused? -> count
         self._seconds = {True: 0.0, False: 0.0}
@@ -195,18 +226,56 @@ class CacheRun:
 
     # -- residual store ----------------------------------------------------------------------------
     def has(self, key: Hashable, like: torch.Tensor | None = None) -> bool:
-        stored = self._residuals.get(key)
-        return stored is not None and (like is None or same_layout(stored, like))
+        history = self._history.get(key)
+        return bool(history) and (like is None or same_layout(history[-1][1], like))
 
     def residual(self, key: Hashable) -> torch.Tensor:
-        return self._residuals[key]
+        """The value stored at the last computed step of stream ``key`` (what ``hold`` reuses)."""
+        return self._history[key][-1][1]
 
-    def store(self, key: Hashable, value: torch.Tensor) -> None:
-        """Keep ``value`` (detached) as the residual of stream ``key`` for later reused steps."""
-        self._residuals[key] = value.detach()
+    def kept(self, key: Hashable) -> int:
+        """How many computed values stream ``key`` holds (at most what the run's rules read)."""
+        return len(self._history.get(key, ()))
+
+    def rule(self, step: int) -> ReuseRule:
+        """The reuse rule of ``step`` (steps outside the run: hold)."""
+        return self._rules[step] if 0 <= step < len(self._rules) else parse_rule(HOLD)
+
+    def store(self, key: Hashable, value: torch.Tensor, sigma: float | None = None) -> None:
+        """Keep ``value`` (detached), computed at noise level ``sigma``, for later reused steps of stream
+        ``key``. Without ``sigma`` (or after a layout change) the stream's history restarts at this value;
+        a second value at the same sigma replaces the first."""
+        value = value.detach()
+        _push(self._history, key, self._depth, sigma, value)
+        if self._step_depth:
+            _push(self._step_history, key, self._step_depth, sigma, value)
+
+    def standin(self, key: Hashable, step: int, sigma: float) -> torch.Tensor:
+        """What a reused call of ``step`` at noise level ``sigma`` gets for stream ``key``: the stored
+        history extrapolated under the step's rule (``hold``: the stored value itself)."""
+        rule = self.rule(step)
+        known = self._standins.get(key)
+        first_call = known is None or known[0] != step
+        if rule.per_step:
+            if not first_call:  # further calls of a step get the step's stand-in
+                return known[1]
+            value = rule.standin(self._step_history.get(key) or self._history[key], sigma, self._next_sigma(step))
+        else:
+            value = rule.standin(self._history[key], sigma)
+        if self._step_depth and first_call:  # per-step rules read the stand-ins of earlier steps too
+            self._standins[key] = (step, value)
+            _push(self._step_history, key, self._step_depth, sigma, value)
+        return value
+
+    def _next_sigma(self, step: int) -> float | None:
+        if self._sigmas is None or not 0 <= step + 1 < len(self._sigmas):
+            return None
+        return self._sigmas[step + 1]
 
     def clear(self) -> None:
-        self._residuals.clear()
+        self._history.clear()
+        self._step_history.clear()
+        self._standins.clear()
 
     # -- timing and report -------------------------------------------------------------------------
     @staticmethod
@@ -240,4 +309,17 @@ class CacheRun:
             wall_seconds=time.perf_counter() - self._started,
             mode=self.mode,
             notes=list(self.notes),
+            rules=dict(Counter(self.rule(s).name for s in reused)),
         )
+
+
+def _push(histories: dict[Hashable, deque], key: Hashable, depth: int, sigma: float | None,
+          value: torch.Tensor) -> None:
+    """Append ``(sigma, value)`` to the bounded history of ``key`` (see :meth:`CacheRun.store`)."""
+    history = histories.get(key)
+    if history is None or sigma is None or not same_layout(history[-1][1], value):
+        histories[key] = deque([(sigma, value)], maxlen=depth)
+        return
+    if history[-1][0] == sigma:
+        history.pop()
+    history.append((sigma, value))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from otcache_core.calibrate import (
+    DEFAULT_RULES,
     CalibrationSettings,
     EdgeCheckpoint,
     calibrate,
@@ -107,7 +108,7 @@ def test_calibration_produces_a_valid_record_that_round_trips(sampler, tmp_path)
     assert cal.reference.schedule.budget == 5 and cal.anchor.schedule.budget == 2
     assert cal.reference.method == "leximax" and cal.anchor.method == "optuna"
     assert cal.cost["model_calls"]["trajectories"] == T
-    assert cal.cost["model_calls"]["edges"] == estimated_edge_calls("rollout", T, K)
+    assert cal.cost["model_calls"]["edges"] == estimated_edge_calls("rollout", T, K, DEFAULT_RULES)
     assert cal.cost["model_calls"]["anchor"] > 0
     cal.save(tmp_path / "toy.json")
     back = Calibration.load(tmp_path / "toy.json")

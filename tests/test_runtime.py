@@ -95,3 +95,42 @@ def test_a_new_run_starts_with_no_residuals(make_sampler):
     second = make_sampler(steps=6, batch=5, seed=9)
     second.sample(Schedule.from_steps([0, 3], 6))
     assert second.last_report.forced == []
+
+
+def test_a_reused_step_gets_the_linear_extrapolation_of_the_stored_outputs(make_sampler):
+    """model mode stores the velocity v per stream; a linear step extrapolates it along sigma."""
+    sampler = make_sampler(steps=6, mode="model", cfg=1.0)
+    velocity, sigmas = sampler.velocity, sampler.sigmas
+    run = CacheRun(Schedule.from_steps([0, 1], 6), mode="model", rules="linear", sigmas=sigmas)
+    x = sampler.noise
+    v0, computed0 = velocity(run, 0, x, sigmas[0])
+    v1, computed1 = velocity(run, 1, x + 0.1, sigmas[1])
+    v2, computed2 = velocity(run, 2, x + 0.2, sigmas[2])
+    assert computed0 and computed1 and not computed2
+    expected = v1 + (sigmas[2] - sigmas[1]) * (v1 - v0) / (sigmas[1] - sigmas[0])
+    assert torch.allclose(v2, expected)
+
+
+def test_all_compute_is_bit_identical_under_every_rule(make_sampler):
+    for mode in ("blocks", "model"):
+        sampler = make_sampler(steps=8, mode=mode)
+        plain = sampler.sample(Schedule.all_compute(8))
+        for rules in ("linear", "quadratic", "meancache3"):
+            assert torch.equal(sampler.sample(Schedule.all_compute(8), rules=rules), plain), (mode, rules)
+
+
+def test_hold_is_what_a_run_without_rules_does(make_sampler):
+    for mode in ("blocks", "model"):
+        sampler = make_sampler(steps=10, mode=mode)
+        schedule = Schedule.from_steps([0, 1, 4, 8], 10)
+        assert torch.equal(sampler.sample(schedule, rules=["hold"] * 4), sampler.sample(schedule)), mode
+
+
+def test_corrected_rules_follow_the_full_trajectory_more_closely_than_hold(make_sampler):
+    for mode in ("blocks", "model"):
+        sampler = make_sampler(steps=20, mode=mode)
+        full = sampler.sample(Schedule.all_compute(20))
+        schedule = Schedule.from_steps([0, 1, 2, 4, 7, 10, 13, 16], 20)
+        hold = (sampler.sample(schedule) - full).abs().mean()
+        linear = (sampler.sample(schedule, rules="linear") - full).abs().mean()
+        assert linear < hold, mode

@@ -1,0 +1,183 @@
+"""Reuse rules: the stand-in each rule gives, the per-edge rule table, and the engine's history."""
+
+import pytest
+import torch
+
+from otcache_core.errors import OTCacheError
+from otcache_core.reuse import EdgeRules, parse_rule, rule_names, rules_summary, step_rules
+from otcache_core.runtime import CacheRun
+from otcache_core.schedule import Schedule
+
+
+def line(sigma: float) -> torch.Tensor:
+    return torch.tensor([1.0, -2.0]) + sigma * torch.tensor([0.5, 3.0])
+
+
+def parabola(sigma: float) -> torch.Tensor:
+    return line(sigma) + sigma**2 * torch.tensor([2.0, -1.0])
+
+
+def history(fn, sigmas):
+    return [(s, fn(s)) for s in sigmas]
+
+
+def test_hold_returns_the_last_stored_tensor_itself():
+    stored = history(line, [0.9, 0.8])
+    assert parse_rule("hold").standin(stored, 0.5) is stored[-1][1]
+
+
+def test_linear_extrapolates_the_secant_of_the_last_two_computed_steps():
+    assert torch.allclose(parse_rule("linear").standin(history(parabola, [1.0, 0.9, 0.8]), 0.6),
+                          parabola(0.8) + (0.6 - 0.8) * (parabola(0.8) - parabola(0.9)) / (0.8 - 0.9))
+    assert torch.allclose(parse_rule("linear").standin(history(line, [0.9, 0.8]), 0.3), line(0.3))
+
+
+def test_quadratic_is_exact_on_a_parabola_and_linear_with_two_values():
+    assert torch.allclose(parse_rule("quadratic").standin(history(parabola, [1.0, 0.9, 0.8]), 0.55), parabola(0.55))
+    assert torch.allclose(parse_rule("quadratic").standin(history(line, [0.9, 0.8]), 0.3), line(0.3))
+
+
+def test_corrected_rules_hold_with_a_single_value_and_at_the_stored_sigma():
+    one = history(line, [0.8])
+    for name in ("linear", "quadratic", "meancache3"):
+        assert torch.equal(parse_rule(name).standin(one, 0.5, 0.4), line(0.8))
+    two = history(line, [0.9, 0.8])
+    assert torch.equal(parse_rule("linear").standin(two, 0.8), line(0.8))
+
+
+def test_meancache_moves_the_last_value_by_the_window_slope_over_the_coming_step():
+    # steps at 1.0, 0.9, 0.8 with values v_k; the current step is at 0.7, the next at 0.6
+    values = [torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([3.0])]
+    window = list(zip([1.0, 0.9, 0.8], values))
+    average = (-0.1 * 0.0 - 0.1 * 1.0 - 0.1 * 3.0) / (0.7 - 1.0)  # (x_t - x_{t-K}) / (sigma_t - sigma_{t-K})
+    slope = (average - 0.0) / (0.7 - 1.0)
+    got = parse_rule("meancache3").standin(window, 0.7, 0.6)
+    assert got.item() == pytest.approx(3.0 + slope * (0.6 - 0.7))
+    # a window of two reads only the last two steps
+    two = parse_rule("meancache2").standin(window, 0.7, 0.6)
+    assert two.item() == pytest.approx(3.0 + ((1.0 + 3.0) / 2 - 1.0) / (0.7 - 0.9) * (0.6 - 0.7))
+
+
+def test_meancache_of_a_constant_velocity_is_that_velocity():
+    window = [(s, torch.tensor([2.5])) for s in (1.0, 0.9, 0.8, 0.7)]
+    assert parse_rule("meancache4").standin(window, 0.6, 0.5).item() == pytest.approx(2.5)
+
+
+def test_half_precision_values_are_combined_in_float32_and_keep_their_dtype():
+    stored = [(0.9, torch.tensor([1.0, 2.0], dtype=torch.bfloat16)), (0.8, torch.tensor([1.5, 2.5], dtype=torch.bfloat16))]
+    out = parse_rule("linear").standin(stored, 0.7)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, torch.tensor([2.0, 3.0], dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("name, message", [("cubic", "unknown reuse rule"), ("meancache1", "1 is 'hold'"),
+                                           ("meancache", "unknown reuse rule"), (3, "unknown reuse rule")])
+def test_unknown_rules_say_which_exist(name, message):
+    with pytest.raises(OTCacheError, match=message):
+        parse_rule(name)
+
+
+def test_rule_names_are_canonical_and_memory_is_stated_per_rule():
+    assert rule_names([" Linear", "hold", "linear", "MEANCACHE3"]) == ("linear", "hold", "meancache3")
+    assert [parse_rule(n).depth for n in ("hold", "linear", "quadratic", "meancache5")] == [1, 2, 3, 5]
+    assert [parse_rule(n).lookback for n in ("hold", "linear", "quadratic", "meancache5")] == [0, 1, 2, 4]
+
+
+def test_step_rules_give_each_step_the_rule_of_its_segment():
+    schedule = Schedule.from_steps([0, 3, 5], 7)
+    assert step_rules(schedule, ["linear", "hold", "quadratic"]) == ["linear"] * 3 + ["hold"] * 2 + ["quadratic"] * 2
+    assert step_rules(schedule, None) == ["hold"] * 7
+    with pytest.raises(OTCacheError, match="one per segment"):
+        step_rules(schedule, ["linear"])
+
+
+def test_rules_summary_counts_most_used_first():
+    assert rules_summary(["hold", "linear", "linear"]) == "linear x2, hold x1"
+    assert rules_summary({"hold": 2, "linear": 7}) == "linear x7, hold x2"
+
+
+# -- per-edge rules ----------------------------------------------------------------------------------
+
+
+def table(fallback="nearest") -> EdgeRules:
+    return EdgeRules(10, ((0, 3, "linear"), (3, 6, "quadratic"), (6, 10, "hold"), (0, 2, "linear")), fallback)
+
+
+def test_measured_segments_take_their_edge_rule():
+    rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 3, 6], 10))
+    assert rules == ("linear", "quadratic", "hold") and fallbacks == 0
+
+
+def test_segments_that_reuse_nothing_need_no_rule():
+    rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 1, 2, 3, 6], 10))
+    assert rules[:3] == ("hold", "hold", "hold") and fallbacks == 0
+
+
+def test_unmeasured_segments_take_the_nearest_edge_in_normalised_time():
+    rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 6, 12], 20))  # the same cut at T = 20
+    assert rules == ("linear", "quadratic", "hold") and fallbacks == 3
+    rules, fallbacks = table("majority").segment_rules(Schedule.from_steps([0, 6, 12], 20))
+    assert rules == ("linear",) * 3 and fallbacks == 3
+
+
+def test_edge_rules_round_trip_through_their_matrix():
+    t = table()
+    assert EdgeRules.from_matrix(t.to_matrix(), 10) == t
+
+
+# -- the engine's per-stream history -------------------------------------------------------------------
+
+
+def test_a_run_keeps_only_the_history_its_rules_need():
+    for rules, depth in ((None, 1), ("linear", 2), (["hold", "quadratic", "hold"], 3)):
+        run = CacheRun(Schedule.from_steps([0], 3), rules=rules)
+        for s in (1.0, 0.9, 0.8, 0.7):
+            run.store("a", line(s), s)
+        assert run.kept("a") == depth, rules
+
+
+def test_standin_uses_the_rule_of_the_step():
+    run = CacheRun(Schedule.from_steps([0, 1, 4], 6), rules=["hold", "linear", "linear", "linear", "hold", "hold"])
+    run.store("a", line(1.0), 1.0)
+    run.store("a", line(0.8), 0.8)
+    assert torch.allclose(run.standin("a", 3, 0.4), line(0.4))  # linear
+    assert torch.equal(run.standin("a", 5, 0.2), line(0.8))  # hold
+
+
+def test_a_second_value_at_the_same_sigma_replaces_the_first():
+    run = CacheRun(Schedule.from_steps([0], 4), rules="linear")
+    run.store("a", line(1.0), 1.0)
+    run.store("a", line(0.5) * 7, 0.5)
+    run.store("a", line(0.5), 0.5)  # e.g. Heun's second evaluation, then the next step's first
+    assert run.kept("a") == 2 and torch.allclose(run.standin("a", 2, 0.25), line(0.25))
+
+
+def test_a_layout_change_restarts_the_history():
+    run = CacheRun(Schedule.from_steps([0], 4), rules="linear")
+    run.store("a", torch.zeros(2), 1.0)
+    run.store("a", torch.ones(3), 0.5)
+    assert run.kept("a") == 1 and torch.equal(run.standin("a", 2, 0.25), torch.ones(3))
+
+
+def test_a_per_step_rule_gives_one_stand_in_per_step_and_remembers_it():
+    sigmas = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    run = CacheRun(Schedule.from_steps([0, 1], 5), rules="meancache2", sigmas=sigmas)
+    run.store("a", torch.tensor([0.0]), 1.0)
+    run.store("a", torch.tensor([1.0]), 0.8)
+    first = run.standin("a", 2, 0.6)
+    assert run.standin("a", 2, 0.5) is first  # a second call of step 2 (another sigma) gets the same
+    # the window average of steps 0..1 is 0.5, the slope (0.5 - 0) / (0.6 - 1.0): one step on from 1.0
+    assert first.item() == pytest.approx(1.0 + (0.5 / -0.4) * (0.4 - 0.6))
+    second = run.standin("a", 3, 0.4)  # its window holds step 1 (computed) and step 2 (the stand-in)
+    average = (1.0 + first.item()) / 2
+    assert second.item() == pytest.approx(first.item() + (average - 1.0) / (0.4 - 0.8) * (0.2 - 0.4))
+
+
+def test_the_report_names_the_rules_of_the_reused_steps():
+    run = CacheRun(Schedule.from_steps([0, 3], 6), rules=["linear"] * 3 + ["hold"] * 3)
+    run.store("a", torch.ones(1), 1.0)
+    for step in range(6):
+        run.plan_call(step, True)
+    report = run.report()
+    assert report.rules == {"linear": 2, "hold": 2}
+    assert "rules: hold x2, linear x2" in report.line()
+    assert "rules" not in CacheRun(Schedule.all_compute(3)).report().line()
