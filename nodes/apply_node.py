@@ -7,12 +7,25 @@ from typing import Any
 
 from ..otcache_core.errors import OTCacheError
 from ..otcache_core.plan import SchedulePlan
-from .cache_hooks import KEY, MODES, ApplyModelWrapper, BlockReplacement, CacheConfig, LayerForward, OuterSampleWrapper, foreign_caches
+from ..otcache_core.reuse import parse_rule
+from .cache_hooks import (
+    CALIBRATED,
+    KEY,
+    MODES,
+    ApplyModelWrapper,
+    BlockReplacement,
+    CacheConfig,
+    LayerForward,
+    OuterSampleWrapper,
+    foreign_caches,
+)
 from .families import detect_family, stage_blocks
 
 log = logging.getLogger("OTCache")
 
 MODE_CHOICES = ("auto", *MODES)
+REUSE_CHOICES = (CALIBRATED, "hold", "linear", "quadratic", "meancache2", "meancache3")
+"""OTCache Apply's ``reuse`` input: the calibration's per-segment rules, or one rule everywhere."""
 
 
 def _remove_previous(patcher: Any) -> bool:
@@ -35,15 +48,22 @@ def _remove_previous(patcher: Any) -> bool:
 
 
 def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_percent: float = 0.0,
-                  end_percent: float = 1.0, *, quiet: bool = False) -> Any:
+                  end_percent: float = 1.0, *, reuse: str = CALIBRATED, quiet: bool = False) -> Any:
     """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``.
 
-    ``quiet`` reports runs at debug level (calibration makes hundreds of short runs).
+    ``reuse``: ``calibrated`` (each segment's rule from the plan; hold where the calibration has none)
+    or one reuse rule for every segment. ``quiet`` reports runs at debug level (calibration makes
+    hundreds of short runs).
     """
     if not isinstance(plan, SchedulePlan):
         raise OTCacheError("'schedule' must come from an OTCache Schedule node")
     if mode not in MODE_CHOICES:
         raise OTCacheError(f"'mode' must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+    if reuse != CALIBRATED:
+        try:
+            reuse = parse_rule(reuse).name
+        except OTCacheError as exc:
+            raise OTCacheError(f"'reuse' must be {CALIBRATED} or a reuse rule: {exc}") from None
     if not 0.0 <= start_percent < end_percent <= 1.0:
         raise OTCacheError(
             f"need 0 <= 'start_percent' < 'end_percent' <= 1, got {start_percent} and {end_percent}"
@@ -70,7 +90,7 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
     patched = model.clone()
     if _remove_previous(patched) and not quiet:
         log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
-    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet)
+    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, reuse)
     import comfy.patcher_extension as pe
 
     patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(config))
@@ -108,8 +128,11 @@ class OTCacheApply:
                 "mode": (list(MODE_CHOICES), {"default": "auto", "tooltip": "auto: blocks where the model family supports it, else model."}),
                 "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps before this share of the run are always computed."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps from this share of the run on are always computed."}),
-            }
+            },
+            "optional": {
+                "reuse": (list(REUSE_CHOICES), {"default": CALIBRATED, "tooltip": "What a skipped step stands in with. calibrated: the rule the calibration measured best for each segment (hold for presets and older calibrations); hold: the last computed output; linear / quadratic: extrapolated along sigma from the last two / three computed steps; meancacheK: MeanCache's average-velocity correction over K steps."}),
+            },
         }
 
-    def apply(self, model, schedule, mode="auto", start_percent=0.0, end_percent=1.0):
-        return (apply_otcache(model, schedule, mode, start_percent, end_percent),)
+    def apply(self, model, schedule, mode="auto", start_percent=0.0, end_percent=1.0, reuse=CALIBRATED):
+        return (apply_otcache(model, schedule, mode, start_percent, end_percent, reuse=reuse),)

@@ -8,11 +8,18 @@ Three hooks, all through ComfyUI's public extension points (no model forward is 
 * ``APPLY_MODEL`` wrapper (every model call, every model type): maps the call to a step through the
   run's sigmas and decides compute or reuse once for the call. In ``model`` mode it also does the
   reuse: it keeps the model's noise prediction ``eps = (x - denoised) / sigma`` per stream and
-  returns ``x - sigma * eps_cached`` at reused steps (for flow models ``eps`` is the velocity).
+  returns ``x - sigma * eps^`` at reused steps (for flow models ``eps`` is the velocity), where
+  ``eps^`` is the stand-in of the step's reuse rule at the call's own sigma (``hold``: the stored
+  ``eps``; ``linear``: extrapolated from the last two computed steps, see ``otcache_core.reuse``).
+  The sampler itself is untouched: it integrates the corrected model output.
 * ``blocks`` mode: ``dit`` block replacements (or object patches on block ``forward`` where a family
   has no replacement). A stage's residual is ``output of its last block - input of its first
   block``, kept per stream (cond uuid, context window); at a reused step the first block clones its
-  input, the blocks in between pass their input through, and the last returns input + residual.
+  input, the blocks in between pass their input through, and the last returns input + the rule's
+  stand-in for the residual.
+
+Reuse rules come per segment of the schedule from the plan (a calibration's per-edge rules; ``hold``
+for files without rules) unless OTCache Apply's ``reuse`` input names one rule for every segment.
 
 Streams: a call's rows are split evenly over ``transformer_options["uuids"]``, so cond and uncond,
 batched or in separate calls, never share a residual; the context window (if any) is part of the key.
@@ -29,6 +36,7 @@ from typing import Any
 import torch
 
 from ..otcache_core.plan import SchedulePlan
+from ..otcache_core.reuse import step_rules
 from ..otcache_core.runtime import CacheRun, RunReport, step_index
 from ..otcache_core.schedule import Schedule
 from .families import FamilySpec, stage_blocks
@@ -41,6 +49,8 @@ RUN_KEY = "otcache_run"
 """Key of the per-run state in ``transformer_options``."""
 
 MODES = ("blocks", "model")
+CALIBRATED = "calibrated"
+"""The ``reuse`` choice that takes each segment's rule from the plan (the calibration's)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class CacheConfig:
     end_percent: float = 1.0
     quiet: bool = False
     """Report at debug level (the many short runs of a calibration)."""
+    reuse: str = CALIBRATED
+    """``calibrated``: the plan's per-segment reuse rules; a rule name: that rule for every segment."""
 
 
 @dataclass
@@ -63,6 +75,8 @@ class CallState:
     step: int
     reuse: bool
     streams: list[tuple[Hashable, slice]]
+    sigma: float = 0.0
+    """The call's noise level: reused stages extrapolate their residual to it."""
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     """Stage kind -> stream name -> clone of the stage input."""
     finished: set[str] = field(default_factory=set)
@@ -73,10 +87,10 @@ class RunState:
     """Everything one sampling run keeps; created by the OUTER_SAMPLE wrapper, dropped at its end."""
 
     def __init__(self, config: CacheConfig, sigmas: list[float], schedule: Schedule, notes: list[str],
-                 stage_last: dict[str, int]) -> None:
+                 stage_last: dict[str, int], rules: list[str] | None = None) -> None:
         self.config = config
         self.sigmas = sigmas
-        self.cache = CacheRun(schedule, mode=config.mode, notes=notes)
+        self.cache = CacheRun(schedule, mode=config.mode, notes=notes, rules=rules, sigmas=sigmas)
         self.stage_last = stage_last
         self.stage_outputs: dict[str, tuple[str, ...]] = {}
         """Stage kind -> the keys its last block returns (what a replacement must return)."""
@@ -133,6 +147,13 @@ def start_run(config: CacheConfig, patcher: Any, sigmas: torch.Tensor, sampler: 
     T = len(sigma_list) - 1
     resolved = config.plan.resolve(T)
     notes = [f"schedule: {config.plan.label or 'custom'}", *resolved.notes]
+    if config.reuse == CALIBRATED:
+        rules = step_rules(resolved.schedule, resolved.segment_rules())
+        if resolved.rules is None:
+            notes.append("reuse rules: hold (the schedule's calibration measured none)")
+    else:
+        rules = step_rules(resolved.schedule, config.reuse)
+        notes.append(f"reuse rule {config.reuse} for every segment (chosen on OTCache Apply)")
     schedule, note = _extend_with_forced_range(resolved.schedule, config.start_percent, config.end_percent)
     if note:
         notes.append(note)
@@ -153,7 +174,7 @@ def start_run(config: CacheConfig, patcher: Any, sigmas: torch.Tensor, sampler: 
             blocks = stage_blocks(dm, stage)
             if blocks:
                 stage_last[stage.kind] = blocks[-1]
-    return RunState(config, sigma_list, schedule, notes, stage_last)
+    return RunState(config, sigma_list, schedule, notes, stage_last, rules)
 
 
 class OuterSampleWrapper:
@@ -247,11 +268,11 @@ class ApplyModelWrapper:
         step = step_index(run.sigmas, sigma)
         streams = _streams(to, x.shape[0])
         if run.config.mode == "model":
-            return self._model_mode(run, executor, args, kwargs, x, t, step, streams)
-        return self._blocks_mode(run, executor, args, kwargs, x, step, streams)
+            return self._model_mode(run, executor, args, kwargs, x, t, step, streams, sigma)
+        return self._blocks_mode(run, executor, args, kwargs, x, step, streams, sigma)
 
     @staticmethod
-    def _model_mode(run, executor, args, kwargs, x, t, step, streams):
+    def _model_mode(run, executor, args, kwargs, x, t, step, streams, sigma_value):
         cache = run.cache
         keys = [("model", sid) for sid, _ in streams]
         ready = run.disabled is None and all(cache.has(k, x[rows]) for k, (_, rows) in zip(keys, streams))
@@ -259,19 +280,19 @@ class ApplyModelWrapper:
         start = cache.clock(x.device)
         sigma = t.reshape([-1] + [1] * (x.ndim - 1)).to(x.dtype)
         if reuse:
-            eps = torch.cat([cache.residual(k) for k in keys])
+            eps = torch.cat([cache.standin(k, step, sigma_value) for k in keys])
             out = x - sigma * eps
         else:
             out = executor(*args, **kwargs)
             if bool((sigma > 0).all()) and out.shape == x.shape:
                 eps = (x - out) / sigma
                 for key, (_, rows) in zip(keys, streams):
-                    cache.store(key, eps[rows])
+                    cache.store(key, eps[rows], sigma_value)
         cache.add_call(reuse, cache.clock(x.device) - start)
         return out
 
     @staticmethod
-    def _blocks_mode(run, executor, args, kwargs, x, step, streams):
+    def _blocks_mode(run, executor, args, kwargs, x, step, streams, sigma):
         cache = run.cache
         ready = run.disabled is None and bool(run.stage_streams) and all(
             cache.has((kind, name, sid))
@@ -280,7 +301,7 @@ class ApplyModelWrapper:
             for sid, _ in streams
         ) and all(cache.has(("latent", sid), x[rows]) for sid, rows in streams)
         reuse = cache.plan_call(step, ready)
-        call = CallState(step, reuse, streams)
+        call = CallState(step, reuse, streams, sigma)
         run.call = call
         start = cache.clock(x.device)
         try:
@@ -325,7 +346,7 @@ def cached_block(run: RunState, kind: str, index: int, inputs: dict[str, Any],
         out = {}
         for k in outputs:  # a stream the last block returned as None (SD3's text) stays None
             if k in cached:
-                residual = torch.cat([run.cache.residual((kind, k, sid)) for sid, _ in call.streams])
+                residual = torch.cat([run.cache.standin((kind, k, sid), call.step, call.sigma) for sid, _ in call.streams])
                 out[k] = saved[k] + residual
             else:
                 out[k] = None
@@ -344,7 +365,7 @@ def cached_block(run: RunState, kind: str, index: int, inputs: dict[str, Any],
                 continue
             residual = value - saved[k]
             for sid, rows in call.streams:
-                run.cache.store((kind, k, sid), residual[rows])
+                run.cache.store((kind, k, sid), residual[rows], call.sigma)
         if run.disabled is None:
             run.stage_outputs[kind] = names
             run.stage_streams[kind] = tuple(k for k in names if isinstance(out[k], torch.Tensor))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..otcache_core.calibrate import (
+    DEFAULT_RULES,
     CalibrationSettings,
     EdgeCheckpoint,
     SamplingResult,
@@ -35,6 +36,7 @@ from ..otcache_core.errors import OTCacheError
 from ..otcache_core.figures import heatmap, line_plot, schedule_strips, side_by_side, stack_vertically, text_block
 from ..otcache_core.metrics import perceptual_objective, relative_l1
 from ..otcache_core.plan import SchedulePlan
+from ..otcache_core.reuse import rule_names, segment_rules_of
 from ..otcache_core.runtime import step_index
 from ..otcache_core.schedule import Schedule
 from .apply_node import apply_otcache
@@ -108,7 +110,8 @@ class ComfyCalibrationSampler:
                                        inpaint_options=base.inpaint_options)
 
     def run(self, mask: Sequence[bool], *, start: int = 0, state: torch.Tensor | None = None,
-            stop: int | None = None, record: bool = False, probe: Collection[int] = ()) -> SamplingResult:
+            stop: int | None = None, record: bool = False, probe: Collection[int] = (),
+            reuse: str | Sequence[str] | None = None) -> SamplingResult:
         import comfy.model_management
         import comfy.patcher_extension as pe
         import comfy.sample
@@ -117,8 +120,9 @@ class ComfyCalibrationSampler:
         stop = checked_range(T, mask, start, stop, state)
         comfy.model_management.throw_exception_if_processing_interrupted()
         schedule = Schedule.from_mask([True] + list(mask[start + 1 : stop]))
-        patched = apply_otcache(self.model, SchedulePlan.from_schedule(schedule, label="calibration"), self.mode,
-                                quiet=True)
+        local_rules = reuse if reuse is None or isinstance(reuse, str) else list(reuse)[start:stop]
+        plan = SchedulePlan.from_schedule(schedule, label="calibration", rules=segment_rules_of(schedule, local_rules))
+        patched = apply_otcache(self.model, plan, self.mode, quiet=True)
         probes: dict[int, torch.Tensor] = {}
         if probe:
             patched.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, PROBE_KEY, ProbeWrapper(probe, start, probes))
@@ -156,6 +160,7 @@ class ComfyCalibrationSampler:
             result.states = states + [final]
             sig = [float(s) for s in self.sigmas]
             result.step_sizes = [abs(b - a) for a, b in zip(sig, sig[1:])]
+            result.sigmas = sig
             for k in schedule.compute_steps:
                 step = start + k
                 if step < stop and sig[step] > 0:
@@ -244,6 +249,17 @@ def preview_image(outcome: Any) -> np.ndarray:
                              strips])
 
 
+def parse_rule_list(text: str) -> tuple[str, ...]:
+    """``"hold, linear"`` -> the rule names; an error names the input."""
+    names = [part for part in text.replace(",", " ").split() if part]
+    if not names:
+        raise OTCacheError("'reuse_rules' is empty; list at least one rule, e.g. hold, linear, quadratic")
+    try:
+        return rule_names(names)
+    except OTCacheError as exc:
+        raise OTCacheError(f"'reuse_rules': {exc}") from None
+
+
 def validate_inputs(steps: int, reference_budget: int, anchor_budget: int, max_segment: int, trials: int,
                     strength: str, positive: Any, negative: Any) -> None:
     """Errors that name the input to change."""
@@ -276,7 +292,8 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
                     anchor_budget: int = 0, max_segment: int = 10, strength: str = "rollout", trials: int = 40,
                     name: str = "my-calibration", vae: Any = None, storage: str = "", mode: str = "auto",
                     overwrite: bool = False, folder: Path | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[Calibration, np.ndarray, str, Path]:
+                    progress: Callable[[int, int], None] | None = None,
+                    rules: Sequence[str] = DEFAULT_RULES) -> tuple[Calibration, np.ndarray, str, Path]:
     """Calibrate, save and describe; returns ``(record, preview RGB, summary text, saved path)``."""
     auto_ref, auto_anchor = default_budgets(max(steps, MIN_STEPS))
     reference_budget = reference_budget or auto_ref
@@ -297,7 +314,8 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     identity = model_identity(model)
     key = settings_key(identity, _fingerprint(model, positive, negative, sampler.latent_image), seeds, T, cfg,
                        sampler_name, scheduler, strength, max_segment, mode)
-    total = 1 + (T - 1 if strength != "drift" else 0) + trials
+    rules = rule_names(rules)
+    total = 1 + (len(rules) * (T - 1) if strength != "drift" else 0) + trials
     done = {"trajectories": 0, "edges": 0, "anchor": 0}
 
     def on_progress(stage: str, value: int, of: int) -> None:
@@ -308,10 +326,10 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
             progress(min(total, sum(done.values())), total)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
-    estimate = estimated_edge_calls(strength, T, max_segment)
-    log.info("OTCache Calibrate: %s edges at T=%d, K=%d will cost about %d model calls per batch "
-             "(%.1f full generations); then %d anchor trials", strength, T, max_segment, estimate,
-             estimate / T, trials)
+    estimate = estimated_edge_calls(strength, T, max_segment, rules)
+    log.info("OTCache Calibrate: %s edges at T=%d, K=%d under reuse rules %s will cost about %d model calls per "
+             "batch (%.1f full generations); then %d anchor trials", strength, T, max_segment, ", ".join(rules),
+             estimate, estimate / T, trials)
     objective_name, distance, objective_note = latent_objective(vae, model)
     storage_url = storage.strip()
     if storage_url == "":
@@ -320,7 +338,8 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         storage_url = None
     settings = CalibrationSettings(
         reference_budget=reference_budget, anchor_budget=anchor_budget, strength=strength, max_skip=max_segment,
-        trials=trials, seed=seed, storage=storage_url, study_name=f"{name}-{key}",
+        trials=trials, seed=seed, storage=storage_url, study_name=f"{name}-{key}-{settings_key(rules)}",
+        rules=rules,
     )
     checkpoint = EdgeCheckpoint(work / f"{key}.edges.json", key)
     resumed_rows = len(checkpoint.rows)
@@ -351,7 +370,8 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         record.summary(),
         f"cost: {sum(calls.values())} model calls, {seconds:.1f} s  ("
         + ", ".join(f"{stage} {calls.get(stage, 0)} calls / {secs.get(stage, 0):.1f} s" for stage in calls) + ")",
-        f"edge strength {strength} (K={max_segment}): estimated {estimate} calls per batch before it ran",
+        f"edge strength {strength} (K={max_segment}), reuse rules {', '.join(rules)}: estimated {estimate} calls "
+        f"per batch before it ran",
         f"reference worst segment {record.reference.score:.4g}; anchor {objective_name} {record.anchor.score:.4g} "
         f"over {record.anchor.details.get('trials')} trials",
         f"saved: {path}",
@@ -403,12 +423,13 @@ class OTCacheCalibrate:
                 "storage": ("STRING", {"default": "", "tooltip": "Optuna storage URL for the anchor study. Empty: a SQLite file in <user>/otcache/.work (resumable); 'memory': none; a postgresql:// URL lets several machines share one study."}),
                 "mode": (["auto", "blocks", "model"], {"default": "auto"}),
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing calibration of the same name."}),
+                "reuse_rules": ("STRING", {"default": ", ".join(DEFAULT_RULES), "tooltip": "Reuse rules measured on every segment; each segment keeps the one that did best. hold: the last computed output; linear / quadratic: extrapolated along sigma; meancacheK (e.g. meancache3): MeanCache's average-velocity correction. Each rule costs about one more rollout pass."}),
             },
         }
 
     def calibrate(self, model, positive, negative, latent_image, seed, samples, steps, cfg, sampler_name, scheduler,
                   reference_budget, anchor_budget, max_segment, strength, trials, name, vae=None, storage="",
-                  mode="auto", overwrite=False):
+                  mode="auto", overwrite=False, reuse_rules=", ".join(DEFAULT_RULES)):
         import comfy.utils
 
         bar = comfy.utils.ProgressBar(1)
@@ -421,5 +442,6 @@ class OTCacheCalibrate:
             sampler_name=sampler_name, scheduler=scheduler, reference_budget=reference_budget,
             anchor_budget=anchor_budget, max_segment=max_segment, strength=strength, trials=trials, name=name,
             vae=vae, storage=storage, mode=mode, overwrite=overwrite, progress=progress,
+            rules=parse_rule_list(reuse_rules),
         )
         return (record, as_comfy_image(preview), text)

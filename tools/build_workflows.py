@@ -154,9 +154,10 @@ def otcache_schedule(w: Workflow, pos, preset: str, steps: int, budget: int, bud
                   color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
 
 
-def otcache_apply(w: Workflow, pos, mode: str = "auto", start_percent: float = 0.0, end_percent: float = 1.0) -> int:
-    # OTCacheApply: mode, start_percent, end_percent (model and schedule are sockets)
-    return w.node("OTCacheApply", pos, (320, 130), [mode, start_percent, end_percent],
+def otcache_apply(w: Workflow, pos, mode: str = "auto", start_percent: float = 0.0, end_percent: float = 1.0,
+                  reuse: str = "calibrated") -> int:
+    # OTCacheApply: mode, start_percent, end_percent | optional: reuse (model and schedule are sockets)
+    return w.node("OTCacheApply", pos, (320, 154), [mode, start_percent, end_percent, reuse],
                   inputs=[("model", "MODEL"), ("schedule", "OTCACHE_SCHEDULE")], outputs=[("MODEL", "MODEL")],
                   color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
 
@@ -326,11 +327,12 @@ def calibrate_flux() -> dict:
     latent = w.node("EmptySD3LatentImage", (0, 520), (340, 106), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
     vae = vae_loader(w, (0, 680), "ae.safetensors")
     # OTCacheCalibrate: seed (no control widget: a calibration keeps its seed), samples, steps, cfg, sampler_name, scheduler,
-    # reference_budget, anchor_budget, max_segment, strength, trials, name | optional: storage, mode, overwrite
+    # reference_budget, anchor_budget, max_segment, strength, trials, name | optional: storage, mode, overwrite,
+    # reuse_rules
     calibrate = w.node(
-        "OTCacheCalibrate", (420, 520), (360, 480),
+        "OTCacheCalibrate", (420, 520), (360, 504),
         [0, 2, 28, 1.0, "euler", "simple", 0, 0, 10, "rollout", 40, "flux1-dev-28-euler-simple", "", "auto",
-         False],
+         False, "hold, linear, quadratic"],
         inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                 ("latent_image", "LATENT"), ("vae", "VAE")],
         outputs=CALIBRATE_OUTPUTS, color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))

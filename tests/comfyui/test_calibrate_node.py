@@ -136,10 +136,56 @@ def test_global_and_drift_strengths_cost_what_they_say(cal, tiny_model, tmp_path
     rollout = run(cal, m, tmp_path / "r")[0]
     glob = run(cal, m, tmp_path / "g", strength="global")[0]
     drift = run(cal, m, tmp_path / "d", strength="drift")[0]
-    assert rollout.cost["model_calls"]["edges"] == estimate("rollout", STEPS, 6)
-    assert glob.cost["model_calls"]["edges"] == estimate("global", STEPS, 6)
+    rules = otcache_pack.otcache_core.calibrate.DEFAULT_RULES
+    assert rollout.cost["model_calls"]["edges"] == estimate("rollout", STEPS, 6, rules)
+    assert glob.cost["model_calls"]["edges"] == estimate("global", STEPS, 6, rules)
     assert drift.cost["model_calls"]["edges"] == 0
     assert glob.edge_errors["strength"] == "global" and drift.edge_errors["strength"] == "drift"
+
+
+def test_calibration_measures_each_rule_with_the_full_trajectory_as_history(cal, tiny_model, otcache_pack):
+    """A replay from step i under ``linear`` reads the full trajectory's steps i-1 and i, as a run that
+    computes every step before the segment does."""
+    core = otcache_pack.otcache_core
+    m = tiny_model("flux")
+    sampler = cal.ComfyCalibrationSampler(m.patcher, m.positive(), m.negative(), {"samples": m.make_latent()}, [0, 1],
+                                          STEPS, 3.0, "euler", "simple", "model")
+    full = sampler.run([True] * STEPS, record=True)
+    w, _ = core.calibrate.edge_errors_rollout(sampler, full, 4, rule="linear")
+    mask = [True] * STEPS
+    mask[6:8] = [False, False]  # compute 0..5, reuse 6..7 from the secant of steps 4 and 5, compute 8
+    replay = sampler.run(mask, reuse="linear")
+    assert w[5, 8] == pytest.approx(core.metrics.relative_l1(replay.denoised[8], full.denoised[8]), rel=1e-4)
+    hold, _ = core.calibrate.edge_errors_rollout(sampler, full, 4)
+    assert w[5, 8] != pytest.approx(hold[5, 8], rel=1e-3)
+
+
+def test_a_calibration_records_its_rules_and_the_schedule_applies_them(otcache_pack, cal, tiny_model, tmp_path):
+    m = tiny_model("flux")
+    record = run(cal, m, tmp_path, mode="model")[0]
+    assert record.edge_errors["candidates"] == list(otcache_pack.otcache_core.calibrate.DEFAULT_RULES)
+    assert record.reference.rules is not None and record.anchor.rules is not None
+    saved = json.loads((tmp_path / "tiny.json").read_text())
+    assert saved["version"] == 2 and saved["anchor"]["rules"] == list(record.anchor.rules)
+    nodes = otcache_pack.nodes
+    budget = record.reference.schedule.budget
+    plan, _, _ = nodes.OTCacheSchedule().make("unused", STEPS, budget, "computed steps", 3.0, 0, calibration=record)
+    reports = []
+    remove = nodes.cache_hooks.add_report_listener(reports.append)
+    try:
+        import comfy.sample
+
+        latent = m.make_latent()
+        comfy.sample.sample(nodes.OTCacheApply().apply(m.patcher, plan, "model", 0.0, 1.0)[0], m.noise(latent, 5),
+                            STEPS, 3.0, "euler", "simple", m.positive(), m.negative(), latent, seed=5,
+                            disable_pbar=True)
+    finally:
+        remove()
+    expected = {}
+    for (i, j), rule in zip(record.reference.schedule.segments(), record.reference.rules):
+        if j > i + 1:
+            expected[rule] = expected.get(rule, 0) + j - i - 1
+    assert reports[-1].rules == expected
 
 
 def test_two_processes_share_one_anchor_study(tmp_path):
