@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from .errors import FileFormatError, OTCacheError
-from .jsonfile import check_document, load_json, require, save_json
+from .jsonfile import check_document, finite_number, load_json, require, save_json, short_repr
 from .reuse import EdgeRules, parse_rule, rules_summary
-from .schedule import Schedule, schedule_from_fields
+from .schedule import Schedule, check_steps, schedule_from_fields
 
 CALIBRATION_FORMAT = "otcache.calibration"
 CALIBRATION_VERSION = 2
@@ -71,18 +71,17 @@ class ScheduleRecord:
         schedule = schedule_from_fields(doc, where=where)
         method = require(doc, "method", str, where=where)
         score = doc.get("score")
-        if score is not None and not isinstance(score, (int, float)):
-            raise FileFormatError(f"{where}: 'score' must be a number")
+        if score is not None:
+            score = finite_number(score, "score", where=where)
         rules = doc.get("rules")
-        if rules is not None and (not isinstance(rules, list) or not all(isinstance(r, str) for r in rules)):
-            raise FileFormatError(f"{where}: 'rules' must be a list of reuse rule names")
+        if rules is not None:
+            _check_rule_names(rules, "rules", where=where)
         details = {k: v for k, v in doc.items()
                    if k not in ("compute_steps", "budget", "steps", "method", "score", "rules")}
         try:
-            return cls(schedule, method, None if score is None else float(score), details,
-                       None if rules is None else tuple(rules))
-        except OTCacheError as exc:
-            raise FileFormatError(f"{where}: {exc}") from exc
+            return cls(schedule, method, score, details, None if rules is None else tuple(rules))
+        except OTCacheError as exc:  # the rules do not fit the schedule's segments
+            raise FileFormatError(f"{where}: field 'rules': {exc}") from exc
 
 
 @dataclass
@@ -167,24 +166,30 @@ class Calibration:
     def from_dict(cls, document: Any, *, where: str = "calibration") -> Calibration:
         doc = check_document(document, CALIBRATION_FORMAT, CALIBRATION_VERSION, where=where)
         steps = require(doc, "steps", int, where=where)
+        try:
+            check_steps(steps)
+        except OTCacheError as exc:
+            raise FileFormatError(f"{where}: field 'steps': {exc}") from exc
         reference = ScheduleRecord.from_dict(require(doc, "reference", dict, where=where), where=f"{where}: reference")
         anchor = ScheduleRecord.from_dict(require(doc, "anchor", dict, where=where), where=f"{where}: anchor")
         edge_errors = doc.get("edge_errors")
         if edge_errors is not None:
-            _check_matrix(edge_errors, steps, where=f"{where}: edge_errors")
+            _check_edge_errors(edge_errors, steps, where=f"{where}: edge_errors")
+        model = _dict_field(doc, "model", where)
+        _check_model(model, where=f"{where}: model")
         try:
             return cls(
-                name=str(doc.get("name", "")),
+                name=_text_field(doc, "name", where),
                 steps=steps,
                 reference=reference,
                 anchor=anchor,
-                model=_dict_field(doc, "model", where),
+                model=model,
                 sampler=_dict_field(doc, "sampler", where),
                 edge_errors=edge_errors,
                 cost=_dict_field(doc, "cost", where),
                 source=_dict_field(doc, "source", where),
-                notes=[str(n) for n in doc.get("notes", [])],
-                created=str(doc.get("created", "")),
+                notes=_text_list(doc.get("notes"), "notes", where=where),
+                created=_text_field(doc, "created", where),
             )
         except OTCacheError as exc:
             raise FileFormatError(f"{where}: {exc}") from exc
@@ -217,33 +222,89 @@ class Calibration:
 
 
 def _dict_field(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = doc.get(key) or {}
+    value = doc.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict):
-        raise FileFormatError(f"{where}: {key!r} must be an object")
+        raise FileFormatError(f"{where}: field {key!r} must be an object, found {type(value).__name__}")
     return value
 
 
-def _check_matrix(edge_errors: Any, steps: int, *, where: str) -> None:
+def _text_field(doc: dict[str, Any], key: str, where: str) -> str:
+    value = doc.get(key, "")
+    if not isinstance(value, str):
+        raise FileFormatError(f"{where}: field {key!r} must be text, found {type(value).__name__}")
+    return value
+
+
+def _text_list(value: Any, key: str, *, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise FileFormatError(f"{where}: field {key!r} must be a list of text")
+    return list(value)
+
+
+def _check_model(model: dict[str, Any], *, where: str) -> None:
+    """``family`` is text and ``families`` a list of text: they decide which models a schedule fits."""
+    if "family" in model and model["family"] is not None and not isinstance(model["family"], str):
+        raise FileFormatError(f"{where}: field 'family' must be text, found {type(model['family']).__name__}")
+    if model.get("families") is not None:
+        _text_list(model["families"], "families", where=where)
+
+
+def _check_edge_errors(edge_errors: Any, steps: int, *, where: str) -> None:
+    """The edge-error matrix is ``(T+1) x (T+1)`` of finite, non-negative numbers or null; so is each
+    candidate rule's matrix in ``by_rule``; ``rules`` (same layout) and ``candidates`` name known rules."""
     if not isinstance(edge_errors, dict) or not isinstance(edge_errors.get("matrix"), list):
         raise FileFormatError(f"{where}: expected an object with a 'matrix' list")
+    for key, kind in (("strength", str), ("metric", str), ("max_skip", int)):
+        if edge_errors.get(key) is not None:
+            require(edge_errors, key, kind, where=where)
     matrix = edge_errors["matrix"]
     if len(matrix) != steps + 1 or any(not isinstance(r, list) or len(r) != steps + 1 for r in matrix):
-        raise FileFormatError(f"{where}: 'matrix' must be {steps + 1} x {steps + 1} for {steps} steps")
-    for row in matrix:
-        for x in row:
-            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
-                raise FileFormatError(f"{where}: matrix entries must be numbers or null, found {x!r}")
+        raise FileFormatError(f"{where}: field 'matrix' must be {steps + 1} x {steps + 1} for {steps} steps")
+    _check_error_values(matrix, "matrix", where=where)
     rules = edge_errors.get("rules")
     if rules is not None:
-        if len(rules) != steps + 1 or any(not isinstance(r, list) or len(r) != steps + 1 for r in rules):
-            raise FileFormatError(f"{where}: 'rules' must be {steps + 1} x {steps + 1} for {steps} steps")
+        if not isinstance(rules, list) or len(rules) != steps + 1 or any(
+                not isinstance(r, list) or len(r) != steps + 1 for r in rules):
+            raise FileFormatError(f"{where}: field 'rules' must be {steps + 1} x {steps + 1} for {steps} steps")
+        for i, row in enumerate(rules):
+            _check_rule_names([r for r in row if r is not None], f"rules[{i}]", where=where)
+    candidates = edge_errors.get("candidates")
+    if candidates is not None:
+        _check_rule_names(candidates, "candidates", where=where)
+    by_rule = edge_errors.get("by_rule")
+    if by_rule is not None:
+        if not isinstance(by_rule, dict):
+            raise FileFormatError(f"{where}: field 'by_rule' must be an object of rule name -> matrix")
+        for name, rule_matrix in by_rule.items():
+            field = f"by_rule.{short_repr(name, 20)}"
+            if not isinstance(rule_matrix, list) or len(rule_matrix) != steps + 1 or any(
+                    not isinstance(r, list) or len(r) != steps + 1 for r in rule_matrix):
+                raise FileFormatError(f"{where}: field {field!r} must be {steps + 1} x {steps + 1} for {steps} steps")
+            _check_error_values(rule_matrix, field, where=where)
+
+
+def _check_error_values(matrix: list[list[Any]], field: str, *, where: str) -> None:
+    for i, row in enumerate(matrix):
+        for j, x in enumerate(row):
+            if x is not None:
+                finite_number(x, f"{field}[{i}][{j}]", where=where, minimum=0.0)
+
+
+def _check_rule_names(names: Any, field: str, *, where: str) -> None:
+    """A list of reuse rule names (``hold``, ``linear``, ``meancache3``, ...)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise FileFormatError(f"{where}: field {field!r} must be a list of reuse rule names")
+    for name in names:
+        if len(name) > 40:
+            raise FileFormatError(f"{where}: field {field!r}: {short_repr(name)} is not a reuse rule name")
         try:
-            for row in rules:
-                for name in row:
-                    if name is not None:
-                        parse_rule(name)
+            parse_rule(name)
         except OTCacheError as exc:
-            raise FileFormatError(f"{where}: {exc}") from exc
+            raise FileFormatError(f"{where}: field {field!r}: {exc}") from exc
 
 
 def matrix_to_json(matrix: np.ndarray) -> list[list[float | None]]:

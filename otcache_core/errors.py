@@ -21,3 +21,7 @@ class FileFormatError(OTCacheError):
 
 class MissingDependencyError(OTCacheError):
     """An optional package is needed for the requested feature."""
+
+
+class SaveError(OTCacheError):
+    """A file could not be written (read-only folder, full disk, no permission); the message names where."""

@@ -7,13 +7,14 @@ bumped on incompatible change) at the top level, so a file shared between users 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import FileFormatError, OTCacheError
+from .errors import FileFormatError, OTCacheError, SaveError
 
 
 # A list of numbers as json.dumps(indent=...) lays it out: one element per line. Strings never hold a
@@ -33,35 +34,52 @@ def save_json(path: str | os.PathLike[str], document: dict[str, Any], *, overwri
     An existing file with the same content is left as it is. An existing file with different content
     is replaced only when ``overwrite`` is true; otherwise an :class:`OTCacheError` says so, and the
     user's file is untouched. The text goes to a temporary file in the same folder first and is then
-    renamed over the target, so a crash never leaves a half-written file behind.
+    renamed over the target, so a crash never leaves a half-written file behind. A folder that cannot
+    be written (read-only, full, no permission) raises :class:`SaveError` naming the folder and the
+    reason; the temporary file is removed and any existing file is untouched.
     """
     target = Path(path)
     text = dumps(document)
     if target.exists():
         try:
             current = target.read_text(encoding="utf-8")
-        except OSError as exc:  # a folder or unreadable file of that name
-            raise OTCacheError(f"cannot replace {target}: {exc}; choose another name") from exc
+        except (OSError, ValueError) as exc:  # a folder, an unreadable or non-UTF-8 file of that name
+            raise OTCacheError(f"cannot replace {target}: {_reason(exc)}; choose another name") from exc
         if current == text:
             return target
         if not overwrite:
             raise OTCacheError(
                 f"{target} already exists with different content; choose another name or allow overwriting"
             )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared file gets the usual mode
         os.replace(tmp, target)
+    except OSError as exc:
+        _remove(tmp)
+        raise SaveError(f"cannot save {target.name} in {target.parent}: {_reason(exc)}") from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return target
+
+
+def _remove(path: str | None) -> None:
+    if path is not None and os.path.exists(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass  # the folder itself refuses; nothing more to clean
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def _umask() -> int:
@@ -70,24 +88,100 @@ def _umask() -> int:
     return mask
 
 
-def load_json(path: str | os.PathLike[str], expected_format: str, max_version: int) -> dict[str, Any]:
-    """Read an OTCache JSON file and check its ``format`` and ``version``.
+MAX_FILE_BYTES = 32 * 1024 * 1024
+"""Largest OTCache file read (a calibration at T = 1000 with its full edge matrix is about 10 MB)."""
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted (OTCache's own files nest at most 4 levels)."""
+_MAX_INT_DIGITS = 18  # beyond int64; a float conversion of larger integers can overflow
 
-    Raises :class:`FileFormatError` naming the file and the problem (not JSON, not an object, another
-    format, a version newer than this OTCache understands).
+
+def read_json_file(path: str | os.PathLike[str]) -> Any:
+    """Parse the JSON file at ``path`` within OTCache's limits.
+
+    Raises :class:`FileFormatError` with one line naming the file: missing, unreadable, larger than
+    :data:`MAX_FILE_BYTES`, not UTF-8, not JSON, a non-finite number (``NaN``, ``Infinity``,
+    ``1e999``), an integer of more than 18 digits, or nesting deeper than :data:`MAX_DEPTH`. The
+    size is checked before reading, so a huge file costs nothing.
     """
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        with open(source, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise FileFormatError(
+                    f"{source}: {size / 2**20:.1f} MiB is larger than OTCache reads ({MAX_FILE_BYTES // 2**20} MiB)"
+                )
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError as exc:
         raise FileFormatError(f"{source}: no such file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"{source}: cannot be read ({exc})") from exc
+    except OSError as exc:
+        raise FileFormatError(f"{source}: cannot be read ({exc.strerror or exc})") from exc
+    if len(data) > MAX_FILE_BYTES:  # grew while being read
+        raise FileFormatError(f"{source}: larger than OTCache reads ({MAX_FILE_BYTES // 2**20} MiB)")
     try:
-        document = json.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{source}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
-        raise FileFormatError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    return check_document(document, expected_format, max_version, where=str(source))
+        raise FileFormatError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except _BadNumber as exc:
+        raise FileFormatError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise FileFormatError(f"{source}: nested deeper than {MAX_DEPTH} levels") from None
+    if _depth(document) > MAX_DEPTH:
+        raise FileFormatError(f"{source}: nested deeper than {MAX_DEPTH} levels")
+    return document
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _BadNumber(f"{name} is not a number OTCache accepts (only finite numbers)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"{text[:40]} is out of the range of finite numbers")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _BadNumber(f"the integer {text[:20]}... has more than {_MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _depth(document: Any) -> int:
+    """Nesting depth of arrays and objects, without recursion."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return depth
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def load_json(path: str | os.PathLike[str], expected_format: str, max_version: int) -> dict[str, Any]:
+    """Read an OTCache JSON file (:func:`read_json_file`) and check its ``format`` and ``version``.
+
+    Raises :class:`FileFormatError` naming the file and the problem (see :func:`read_json_file`; not
+    an object, another format, a version newer than this OTCache understands).
+    """
+    return check_document(read_json_file(path), expected_format, max_version, where=str(path))
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value read from a file, on one line and at most ``limit`` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_document(document: Any, expected_format: str, max_version: int, *, where: str) -> dict[str, Any]:
@@ -96,10 +190,10 @@ def check_document(document: Any, expected_format: str, max_version: int, *, whe
         raise FileFormatError(f"{where}: expected a JSON object, found {type(document).__name__}")
     found = document.get("format")
     if found != expected_format:
-        raise FileFormatError(f"{where}: expected format {expected_format!r}, found {found!r}")
+        raise FileFormatError(f"{where}: expected format {expected_format!r}, found {short_repr(found)}")
     version = document.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise FileFormatError(f"{where}: 'version' must be a positive integer, found {version!r}")
+        raise FileFormatError(f"{where}: 'version' must be a positive integer, found {short_repr(version)}")
     if version > max_version:
         raise FileFormatError(
             f"{where}: version {version} is newer than this OTCache reads (up to {max_version}); update OTCache"
@@ -118,3 +212,15 @@ def require(document: dict[str, Any], key: str, kind: type | tuple[type, ...], *
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise FileFormatError(f"{where}: field {key!r} must be {names}, found {type(value).__name__}")
     return value
+
+
+def finite_number(value: Any, key: str, *, where: str, minimum: float | None = None) -> float:
+    """``value`` as a finite float (at least ``minimum``), with an error naming the field ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FileFormatError(f"{where}: field {key!r} must be a number, found {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise FileFormatError(f"{where}: field {key!r} must be a finite number, found {short_repr(value)}")
+    if minimum is not None and number < minimum:
+        raise FileFormatError(f"{where}: field {key!r} must be at least {minimum:g}, found {short_repr(value)}")
+    return number

@@ -8,13 +8,13 @@ reported, so one broken file cannot hide the others.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from .calibration import CALIBRATION_FORMAT, Calibration
 from .errors import FileFormatError, OTCacheError
+from .jsonfile import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,9 @@ def list_presets(*folders: str | os.PathLike[str], warnings: list[str] | None = 
 def _preset_name(path: Path, problems: list[str]) -> str | None:
     """The name of the calibration in ``path``; ``None`` for other JSON files and for bad files."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: cannot be read ({exc})")
-        return None
-    except json.JSONDecodeError as exc:
-        problems.append(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})")
+        document = read_json_file(path)
+    except FileFormatError as exc:
+        problems.append(str(exc))
         return None
     if not isinstance(document, dict) or document.get("format") != CALIBRATION_FORMAT:
         return None

@@ -13,25 +13,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import FileFormatError, ScheduleError
-from .jsonfile import check_document, load_json, require, save_json
+from .jsonfile import check_document, load_json, require, save_json, short_repr
 
 SCHEDULE_FORMAT = "otcache.schedule"
 SCHEDULE_VERSION = 1
+MAX_STEPS = 10_000
+"""Most sampling steps a schedule may have (ComfyUI's own step inputs stop there too)."""
 
 
 def check_steps(steps: int, *, name: str = "steps") -> int:
     """Validate a step count ``T >= 1``."""
     if isinstance(steps, bool) or not isinstance(steps, int):
-        raise ScheduleError(f"{name} must be an integer, got {steps!r}")
+        raise ScheduleError(f"{name} must be an integer, got {short_repr(steps)}")
     if steps < 1:
         raise ScheduleError(f"{name} must be at least 1, got {steps}")
+    if steps > MAX_STEPS:
+        raise ScheduleError(f"{name} must be at most {MAX_STEPS}, got {steps}")
     return steps
 
 
 def check_budget(budget: int, steps: int, *, name: str = "budget") -> int:
     """Validate a budget ``1 <= B <= T``."""
     if isinstance(budget, bool) or not isinstance(budget, int):
-        raise ScheduleError(f"{name} must be an integer number of computed steps, got {budget!r}")
+        raise ScheduleError(f"{name} must be an integer number of computed steps, got {short_repr(budget)}")
     if budget < 1:
         raise ScheduleError(f"{name} must be at least 1 (step 0 is always computed), got {budget}")
     if budget > steps:
@@ -60,7 +64,7 @@ class Schedule:
             raise ScheduleError("a schedule needs at least one computed step (step 0)")
         for s in compute:
             if isinstance(s, bool) or not isinstance(s, int):
-                raise ScheduleError(f"computed steps must be integers, found {s!r}")
+                raise ScheduleError(f"computed steps must be integers, found {short_repr(s)}")
         for a, b in zip(compute, compute[1:]):
             if b == a:
                 raise ScheduleError(f"computed step {a} appears twice; list each step once")
@@ -150,17 +154,25 @@ class Schedule:
 def schedule_from_fields(doc: dict[str, Any], *, where: str) -> Schedule:
     """Read ``steps`` and ``compute_steps`` (and check ``budget`` if given) from a JSON object."""
     steps = require(doc, "steps", int, where=where)
+    try:
+        check_steps(steps)
+    except ScheduleError as exc:
+        raise FileFormatError(f"{where}: field 'steps': {exc}") from exc
     compute = require(doc, "compute_steps", list, where=where)
+    if len(compute) > steps:
+        raise FileFormatError(f"{where}: field 'compute_steps' lists {len(compute)} steps, more than the {steps} steps")
     try:
         schedule = Schedule.from_steps(compute, steps)
     except ScheduleError as exc:
-        raise FileFormatError(f"{where}: {exc}") from exc
+        raise FileFormatError(f"{where}: field 'compute_steps': {exc}") from exc
     budget = doc.get("budget")
-    if budget is not None and budget != schedule.budget:
+    if budget is not None and (isinstance(budget, bool) or budget != schedule.budget):
         raise FileFormatError(
-            f"{where}: 'budget' is {budget} but 'compute_steps' lists {schedule.budget} steps; fix one of them"
+            f"{where}: field 'budget' is {short_repr(budget)} but 'compute_steps' lists {schedule.budget} steps; "
+            "fix one of them"
         )
     return schedule
+
 
 
 def parse_step_list(text: str, *, name: str = "step list") -> list[int]:
