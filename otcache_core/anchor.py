@@ -23,6 +23,7 @@ never pays twice for it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -105,18 +106,94 @@ class AnchorResult:
         return out
 
 
-def _open_study(optuna, study_name: str | None, storage: str | None, sampler, attempts: int = 5):
+HEARTBEAT_SECONDS = 20
+"""How often a worker records that its running trial is alive (RDB storages only)."""
+GRACE_SECONDS = 120
+"""A running trial whose last heartbeat is older than this is failed and queued again."""
+MAX_RETRIES = 3
+POLL_SECONDS = 0.5
+"""How often a worker that waits for other workers' trials looks at the study again."""
+
+
+def open_storage(optuna, url: str, heartbeat: int | None = HEARTBEAT_SECONDS, grace: int | None = GRACE_SECONDS):
+    """An RDB storage for ``url`` whose trials send heartbeats (``heartbeat=None``: none).
+
+    A trial whose worker died (killed, machine lost) stops beating; once its heartbeat is older than
+    ``grace`` seconds, the next worker that looks fails it and queues a copy with the same parameters
+    and schedule (Optuna's retry callback, at most ``MAX_RETRIES`` times), so its work is redone.
+    """
+    storages = optuna.storages
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    names = inspect.signature(storages.RDBStorage).parameters  # the argument was renamed in Optuna 4.9
+    slot = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in names else "failed_trial_callback"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats and the retry callback are flagged experimental
+        if heartbeat is None:
+            return storages.RDBStorage(url)
+        return storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                   **{slot: retry(max_retry=MAX_RETRIES)})
+
+
+def _open_study(optuna, study_name: str | None, storage: str | None, sampler, heartbeat: int | None,
+                grace: int | None, attempts: int = 5):
     """Create or load the study; retried, because two workers starting at once race to create it."""
     for attempt in range(attempts):
         try:
+            rdb = open_storage(optuna, storage, heartbeat, grace) if storage is not None else None
             return optuna.create_study(
-                study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+                study_name=study_name, storage=rdb, sampler=sampler, direction="minimize", load_if_exists=True
             )
         except Exception as exc:  # bad URL, unreachable server, missing driver, or the creation race
             if attempt == attempts - 1:
-                raise OTCacheError(f"cannot open the Optuna storage {storage!r}: {exc}") from exc
+                raise OTCacheError(f"cannot open the Optuna storage {storage!r}: {_one_line(exc)}") from exc
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def trial_seeded_sampler(optuna, seed: int, n_startup_trials: int):
+    """A TPE sampler whose randomness depends on the study, not on the process's history.
+
+    Before each trial a fresh TPE sampler is seeded from ``(seed, completed trials, running
+    trials)``. A resumed study therefore proposes what an uninterrupted one would have proposed at
+    the same point (the same completed trials give the same TPE model and the same random draw),
+    and two workers starting a trial side by side (different running counts) propose different
+    points instead of the same one.
+    """
+    base = optuna.samplers.BaseSampler
+    done, running = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+
+    def tpe(derived: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental in some versions
+            return optuna.samplers.TPESampler(seed=derived, multivariate=True, n_startup_trials=n_startup_trials)
+
+    class TrialSeededTPE(base):
+        def __init__(self) -> None:
+            self.inner = tpe(seed)
+
+        def before_trial(self, study, trial) -> None:
+            counts = [len(study.get_trials(deepcopy=False, states=(state,))) for state in (done, running)]
+            self.inner = tpe(int(np.random.SeedSequence([seed, *counts]).generate_state(1)[0]))
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
 
 
 def moved(schedule: Schedule, k: int, shift: int) -> Schedule | None:
@@ -157,6 +234,34 @@ def local_search(score: ScheduleObjective, start: Schedule, keep_going: Callable
     return best
 
 
+@dataclass
+class _StudyView:
+    """One read of the study: what is done, what runs, what waits."""
+
+    values: dict[tuple[int, ...], float]
+    """Schedule -> objective value, over the completed trials."""
+    completed: list[Any]
+    running: list[Any]
+    waiting: list[Any]
+
+    def pending(self, key: tuple[int, ...]) -> bool:
+        """Whether a running or queued trial holds the schedule ``key``."""
+        return any(tuple(t.user_attrs.get(SCHEDULE_ATTR, ())) == key for t in self.running + self.waiting)
+
+
+def _view(study, optuna) -> _StudyView:
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    completed = [t for t in trials if t.state == states.COMPLETE]
+    values = {}
+    for t in completed:
+        steps_attr = t.user_attrs.get(SCHEDULE_ATTR)
+        if steps_attr is not None and t.value is not None:
+            values.setdefault(tuple(steps_attr), float(t.value))
+    return _StudyView(values, completed, [t for t in trials if t.state == states.RUNNING],
+                      [t for t in trials if t.state == states.WAITING])
+
+
 def search_anchor(
     objective: ScheduleObjective,
     steps: int,
@@ -170,18 +275,34 @@ def search_anchor(
     study_name: str | None = None,
     on_trial: Callable[[int, Schedule, float], None] | None = None,
     polish: float = 0.6,
+    heartbeat: int | None = HEARTBEAT_SECONDS,
+    grace: int | None = GRACE_SECONDS,
 ) -> AnchorResult:
     """Minimise ``objective(schedule)`` over warp-parametrised schedules with ``budget`` of ``steps``.
 
-    TPE (seeded) over ``n_bins`` log-densities. ``initial`` schedules (e.g. the reference resampled
-    to this budget, and uniform spacing) are evaluated first, exactly, and given to TPE as trials at
-    their projection into the search space. The last ``round(polish * n_trials)`` trials refine the
-    best schedule by local search on its steps (see module doc; ``polish=0``: TPE only); trials the
-    local search does not need (it reached a local optimum) go back to TPE.
+    TPE (seeded per trial, :func:`trial_seeded_sampler`) over ``n_bins`` log-densities. ``initial``
+    schedules (e.g. the reference resampled to this budget, and uniform spacing) are evaluated first,
+    exactly, as trials at their projection into the search space. The last ``round(polish * n_trials)``
+    trials refine the best schedule of the seeds and TPE by local search on its steps (see module doc;
+    ``polish=0``: TPE only); trials the local search does not need (it reached a local optimum) go back
+    to TPE. ``on_trial(number, schedule, value)`` is called after each trial of this process.
+
     With ``storage`` (an RDB URL such as ``sqlite:///anchor.db`` or ``postgresql://...``) the study is
-    persistent: calling again with the same ``study_name`` resumes, and several processes pointed at
-    the same study share the work; the search stops when the study holds ``n_trials`` completed
-    trials. ``on_trial(number, schedule, value)`` is called after each trial of this process.
+    persistent and shared:
+
+    * calling again with the same ``study_name`` resumes, and proposes what an uninterrupted search
+      would have (same completed trials, same next proposal);
+    * several processes pointed at one study share the work, and the study ends with exactly
+      ``n_trials`` completed trials: a trial starts only while completed plus running trials are
+      fewer than ``n_trials`` (checked inside the trial, after it is registered as running, so two
+      workers cannot both take the last slot; a trial that loses the race is pruned, never counted);
+    * running trials send a heartbeat every ``heartbeat`` seconds; a trial silent for ``grace``
+      seconds (its worker died) is failed and queued again with the same schedule;
+    * every call returns only when the study holds ``n_trials`` completed trials, so all workers
+      report the same best schedule.
+
+    Every trial, exact ones included, runs inside ``study.optimize``: that is where Optuna records
+    heartbeats and marks a trial failed when the objective raises (an interrupted calibration).
     """
     optuna = require_optuna()
     T = check_steps(steps)
@@ -192,92 +313,123 @@ def search_anchor(
         raise OTCacheError("a storage URL needs a study name to resume")
     if not 0.0 <= polish <= 1.0:
         raise OTCacheError(f"polish must be a share of the trials within [0, 1], got {polish}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental in some versions
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, n_startup_trials=max(1, min(10, n_trials // 3))
-        )
-    study = _open_study(optuna, study_name, storage, sampler)
+    for schedule in initial:
+        if schedule.steps != T or schedule.budget != B:
+            raise OTCacheError(f"initial anchor candidates must have {B} of {T} steps, got {schedule}")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # an interrupted trial is reported by the host
+    sampler = trial_seeded_sampler(optuna, seed, max(1, min(10, n_trials // 3)))
+    study = _open_study(optuna, study_name, storage, sampler, heartbeat, grace)
+    log = logging.getLogger(__name__)
 
-    done_state = optuna.trial.TrialState.COMPLETE
-    known: dict[tuple[int, ...], float] = {}
-    previous = study.get_trials(deepcopy=False, states=(done_state,))
-    resumed = len(previous)
-    for trial in previous:
-        steps_attr = trial.user_attrs.get(SCHEDULE_ATTR)
-        if steps_attr is not None and trial.value is not None:
-            known[tuple(steps_attr)] = float(trial.value)
+    start_view = _view(study, optuna)
+    resumed = len(start_view.completed)
+    known = dict(start_view.values)
     evaluations = 0
     names = [f"log_density_{i}" for i in range(n_bins)]
-    space = optuna.distributions.FloatDistribution(-LOG_RANGE, LOG_RANGE)
-
-    def add_exact_trial(schedule: Schedule, **attrs: Any) -> float:
-        """Score ``schedule`` itself (not its n-bin projection) and give it to TPE as a trial at its
-        projection into the search space."""
-        nonlocal evaluations
-        key = schedule.compute_steps
-        if key not in known:
-            known[key] = float(objective(schedule))
-            evaluations += 1
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=dict(zip(names, log_density_of(warp_of(schedule), n_bins))),
-                distributions={name: space for name in names},
-                value=known[key],
-                user_attrs={SCHEDULE_ATTR: list(key), **attrs},
-            )
-        )
-        if on_trial is not None:
-            on_trial(len(study.get_trials(deepcopy=False)) - 1, schedule, known[key])
-        return known[key]
-
-    if not study.get_trials(deepcopy=False):
-        # Seed points are evaluated exactly, so the anchor is never worse than, e.g., the reference
-        # resampled to this budget; TPE learns from them too.
-        for schedule in initial[:n_trials]:
-            if schedule.steps != T or schedule.budget != B:
-                raise OTCacheError(f"initial anchor candidates must have {B} of {T} steps, got {schedule}")
-            add_exact_trial(schedule)
+    phase = "tpe"
+    last_wait_note = [0.0]
 
     def run_trial(trial) -> float:
         nonlocal evaluations
+        view = _view(study, optuna)
+        if len(view.completed) + len(view.running) - 1 >= n_trials:  # - 1: this trial is running too
+            raise optuna.TrialPruned("the study has all its trials, completed or running elsewhere")
         theta = [trial.suggest_float(name, -LOG_RANGE, LOG_RANGE) for name in names]
-        schedule = sample_warp(warp_from_log_density(theta), T, B)
-        trial.set_user_attr(SCHEDULE_ATTR, list(schedule.compute_steps))
+        fixed = trial.user_attrs.get(SCHEDULE_ATTR)  # an exact candidate, or a failed trial queued again
+        if fixed is not None:
+            schedule = Schedule(T, tuple(fixed))
+        else:
+            schedule = sample_warp(warp_from_log_density(theta), T, B)
+            trial.set_user_attr(SCHEDULE_ATTR, list(schedule.compute_steps))
+            trial.set_user_attr("phase", phase)
         key = schedule.compute_steps
-        if key not in known:
-            known[key] = float(objective(schedule))
+        value = view.values.get(key, known.get(key))
+        if value is None:
+            value = known[key] = float(objective(schedule))
             evaluations += 1
-        value = known[key]
         if on_trial is not None:
             on_trial(trial.number, schedule, value)
         return value
 
-    def run_tpe(limit: int) -> None:
-        remaining = limit - len(study.get_trials(deepcopy=False, states=(done_state,)))
-        if remaining > 0:
-            stop = optuna.study.MaxTrialsCallback(limit, states=(done_state,))
-            study.optimize(run_trial, n_trials=remaining, callbacks=[stop])
+    def one_trial() -> None:
+        try:
+            study.optimize(run_trial, n_trials=1)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker's trial outlived its grace period (a stalled machine) and was failed and
+            # queued again by another worker; the value is kept in `known`, so the copy costs nothing.
+            log.warning("anchor trial was taken over by another worker after a missed heartbeat")
+
+    def wait_for_others(view: _StudyView) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial fails here, and is queued again
+        if time.monotonic() - last_wait_note[0] > 60:
+            last_wait_note[0] = time.monotonic()
+            log.info("anchor search: waiting for trials %s running in other workers",
+                     [t.number for t in view.running])
+        time.sleep(POLL_SECONDS)
+
+    def has_room(view: _StudyView) -> bool:
+        return len(view.completed) + len(view.running) < n_trials
+
+    def run_until(limit: int) -> None:
+        """Run trials (queued ones first) until the study holds ``limit`` completed trials."""
+        while True:
+            view = _view(study, optuna)
+            if len(view.completed) >= limit:
+                return
+            if view.waiting or has_room(view):
+                one_trial()
+            else:
+                wait_for_others(view)
+
+    def evaluate_exact(schedule: Schedule, kind: str, wait: bool = True) -> float:
+        """The objective of ``schedule`` itself, as a trial at its projection into the search space.
+
+        Without ``wait``, a schedule another worker is evaluating is skipped. ``inf`` when the study
+        filled up first."""
+        key = schedule.compute_steps
+        params = dict(zip(names, log_density_of(warp_of(schedule), n_bins)))
+        while True:
+            view = _view(study, optuna)
+            if key in view.values:
+                return view.values[key]
+            if len(view.completed) >= n_trials or (not wait and view.pending(key)):
+                return math.inf
+            if not view.pending(key) and has_room(view):
+                study.enqueue_trial(params, user_attrs={SCHEDULE_ATTR: list(key), "phase": kind})
+                one_trial()
+            elif view.waiting:
+                one_trial()
+            else:
+                wait_for_others(view)
+
+    for schedule in initial[:n_trials]:
+        # Evaluated exactly, so the anchor is never worse than, e.g., the reference resampled to
+        # this budget; TPE learns from them too.
+        evaluate_exact(schedule, "seed", wait=False)
 
     local_trials = int(round(polish * n_trials))
-    run_tpe(n_trials - local_trials)
+    run_until(n_trials - local_trials)
     if local_trials:
-        def trials_left() -> bool:
-            return len(study.get_trials(deepcopy=False, states=(done_state,))) < n_trials
+        view = _view(study, optuna)
+        # The local search starts from the best seed or TPE trial, whatever happened after: a resumed
+        # search replays the sweep (known schedules cost nothing) and goes on where it stopped.
+        explored = [t for t in view.completed if t.user_attrs.get("phase", "tpe") in ("seed", "tpe")
+                    and not t.user_attrs.get("local") and SCHEDULE_ATTR in t.user_attrs]
+        if explored:
+            best_explored = min(explored, key=lambda t: (t.value, t.number))
+            local_search(lambda s: evaluate_exact(s, "local"), Schedule(T, tuple(best_explored.user_attrs[SCHEDULE_ATTR])),
+                         lambda: len(_view(study, optuna).completed) < n_trials)
+        phase = "explore"
+        run_until(n_trials)  # a local optimum reached early leaves trials for exploration
 
-        start = min(known, key=known.get) if known else None
-        if start is not None:
-            local_search(lambda s: known[s.compute_steps] if s.compute_steps in known
-                         else add_exact_trial(s, local=True), Schedule(T, start), trials_left)
-        run_tpe(n_trials)  # a local optimum reached early leaves trials for exploration
-
-    completed = study.get_trials(deepcopy=False, states=(done_state,))
+    completed = _view(study, optuna).completed
     if not completed:
         raise OTCacheError("the anchor search completed no trial")
     best = min(completed, key=lambda t: (t.value, t.number))
     schedule = Schedule(steps=T, compute_steps=tuple(best.user_attrs[SCHEDULE_ATTR]))
-    logging.getLogger(__name__).debug("anchor %s scored %.6g", schedule, best.value)
+    log.debug("anchor %s scored %.6g", schedule, best.value)
     return AnchorResult(
         schedule=schedule,
         score=float(best.value),

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -42,11 +43,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .anchor import AnchorResult, search_anchor
+from .anchor import GRACE_SECONDS, HEARTBEAT_SECONDS, AnchorResult, search_anchor
 from .calibration import Calibration, ScheduleRecord, matrix_to_json
-from .errors import OTCacheError
+from .errors import FileFormatError, OTCacheError, SaveError
 from .graph import solve_reference
-from .jsonfile import save_json
+from .jsonfile import finite_number, load_json, require, save_json, short_repr
 from .metrics import relative_l1
 from .reuse import HOLD, LINEAR, QUADRATIC, EdgeRules, parse_rule, rule_names, rules_summary, step_rules
 from .runtime import CacheRun
@@ -137,6 +138,10 @@ class CalibrationSettings:
     """Share of the anchor trials spent refining the best schedule by local search (0: TPE only)."""
     storage: str | None = None
     study_name: str | None = None
+    heartbeat: int | None = HEARTBEAT_SECONDS
+    """Seconds between heartbeats of a running anchor trial in an RDB storage (None: no heartbeats)."""
+    grace: int | None = GRACE_SECONDS
+    """Seconds without a heartbeat after which a trial counts as dead and is run again."""
     rules: tuple[str, ...] = DEFAULT_RULES
     """Candidate reuse rules measured on every edge (``("hold",)``: the calibration of before rules)."""
 
@@ -206,7 +211,7 @@ def _measured_rows(
     w, calls = _empty_matrix(T), 0
     for i in range(T - 1):
         row = (done_rows or {}).get(i)
-        if row is None:
+        if row is None or len(row) != T + 1:
             row, row_calls = measure_row(i)
             calls += row_calls
             if on_row:
@@ -350,36 +355,71 @@ def anchor_candidates(steps: int, budget: int, reference: Schedule, errors: np.n
     return unique
 
 
+CHECKPOINT_FORMAT = "otcache.edge_checkpoint"
+CHECKPOINT_VERSION = 1
+
+
 class EdgeCheckpoint:
     """Measured edge-error rows kept in a JSON file, so an interrupted calibration does not pay twice.
 
     ``key`` identifies the measurement (model, samples, sampler settings, strength, K); rows saved
-    under another key are ignored.
+    under another key are ignored. With ``steps`` every row is checked against ``T``. A malformed
+    file is not used (``problem`` says why, in one line naming the file and the field) and is
+    replaced when the first new row is saved; opening never changes the file. A failed save (read-only
+    or full folder) stops further saving and is kept in ``save_problem``; the calibration goes on.
     """
 
-    def __init__(self, path: str | Path, key: str) -> None:
-        self.path, self.key = Path(path), key
+    def __init__(self, path: str | Path, key: str, steps: int | None = None,
+                 parent: EdgeCheckpoint | None = None) -> None:
+        self.path, self.key, self.steps, self.parent = Path(path), key, steps, parent
         self.rows: dict[int, list[float | None]] = {}
+        self.problem: str | None = None
+        self.save_problem: str | None = None
         if self.path.exists():
             try:
-                doc = json.loads(self.path.read_text(encoding="utf-8"))
-                if doc.get("key") == key:
-                    self.rows = {int(i): row for i, row in doc.get("rows", {}).items()}
-            except (OSError, ValueError, AttributeError):
-                self.rows = {}
+                self.rows = self._read()
+            except FileFormatError as exc:
+                self.problem = f"{exc}; its edge rows are measured again"
+
+    def _read(self) -> dict[int, list[float | None]]:
+        where = str(self.path)
+        doc = load_json(self.path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+        if require(doc, "key", str, where=where) != self.key:
+            return {}
+        rows = require(doc, "rows", dict, where=where)
+        out: dict[int, list[float | None]] = {}
+        for name, row in rows.items():
+            field = f"rows.{short_repr(name, 20)}"
+            if not re.fullmatch(r"[0-9]{1,6}", name) or (self.steps is not None and int(name) >= self.steps - 1):
+                raise FileFormatError(f"{where}: field {field!r} is not a start step of the edge stage")
+            if not isinstance(row, list) or (self.steps is not None and len(row) != self.steps + 1):
+                raise FileFormatError(f"{where}: field {field!r} must be a list of {self.steps} + 1 values")
+            for j, x in enumerate(row):
+                if x is not None:
+                    finite_number(x, f"{field}[{j}]", where=where, minimum=0.0)
+            out[int(name)] = row
+        return out
 
     def for_rule(self, rule: str) -> EdgeCheckpoint:
         """The rows measured under reuse ``rule``: this file for hold (so checkpoints written before
         rules existed still resume), a sibling file ``<name>.<rule>.json`` for the others."""
         if parse_rule(rule).name == HOLD:
             return self
-        return EdgeCheckpoint(self.path.with_name(f"{self.path.stem}.{parse_rule(rule).name}{self.path.suffix}"), self.key)
+        sibling = self.path.with_name(f"{self.path.stem}.{parse_rule(rule).name}{self.path.suffix}")
+        return EdgeCheckpoint(sibling, self.key, self.steps, parent=self)
 
     def add(self, i: int, row: list[float | None]) -> None:
         self.rows[i] = row
-        doc = {"format": "otcache.edge_checkpoint", "version": 1, "key": self.key,
+        if self.save_problem is not None:
+            return
+        doc = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "key": self.key,
                "rows": {str(k): v for k, v in sorted(self.rows.items())}}
-        save_json(self.path, doc, overwrite=True)
+        try:
+            save_json(self.path, doc, overwrite=True)
+        except SaveError as exc:
+            self.save_problem = f"{exc}; an interruption now restarts the edge stage"
+            if self.parent is not None and self.parent.save_problem is None:
+                self.parent.save_problem = self.save_problem  # the host reads the first checkpoint's
 
 
 def settings_key(*parts: Any) -> str:
@@ -437,6 +477,8 @@ def calibrate(
     calls = 0
     for number, rule in enumerate(settings.rules):
         part = checkpoint.for_rule(rule) if checkpoint else None
+        if part and part.problem:
+            say(part.problem)
         rows, on_row = (part.rows, part.add) if part else (None, None)
         rule_progress = _share_of(progress, number, len(settings.rules))
         if settings.strength == "global":
@@ -446,6 +488,8 @@ def calibrate(
         else:
             by_rule[rule], n = edge_errors_drift(sampler, full, settings.max_skip, rule)
         calls += n
+    if checkpoint and checkpoint.save_problem:
+        say(checkpoint.save_problem)
     errors, edge_rules = best_rules(by_rule, T)
     path = solve_reference(errors, T, settings.reference_budget, max_skip=settings.max_skip)
     cost_calls["edges"], cost_seconds["edges"] = calls, time.perf_counter() - t0
@@ -471,7 +515,7 @@ def calibrate(
     anchor = search_anchor(
         objective, T, settings.anchor_budget, n_trials=settings.trials, seed=settings.seed,
         n_bins=settings.n_bins, initial=seeds, storage=settings.storage, study_name=settings.study_name,
-        on_trial=on_trial, polish=settings.polish,
+        on_trial=on_trial, polish=settings.polish, heartbeat=settings.heartbeat, grace=settings.grace,
     )
     cost_calls["anchor"], cost_seconds["anchor"] = anchor_calls, time.perf_counter() - t0
     anchor_rules, _ = edge_rules.segment_rules(anchor.schedule)
@@ -502,4 +546,6 @@ def calibrate(
         cost={"model_calls": cost_calls, "seconds": {k: round(v, 3) for k, v in cost_seconds.items()},
               "full_generation_calls": full.model_calls},
     )
+    if checkpoint and checkpoint.save_problem:
+        record.notes.append(checkpoint.save_problem)
     return CalibrationOutcome(record, errors, anchor, full)
