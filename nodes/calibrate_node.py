@@ -32,7 +32,8 @@ from ..otcache_core.calibrate import (
     settings_key,
 )
 from ..otcache_core.calibration import Calibration
-from ..otcache_core.errors import OTCacheError
+from ..otcache_core.anchor import open_storage, require_optuna
+from ..otcache_core.errors import OTCacheError, SaveError
 from ..otcache_core.figures import heatmap, line_plot, schedule_strips, side_by_side, stack_vertically, text_block
 from ..otcache_core.metrics import perceptual_objective, relative_l1
 from ..otcache_core.plan import SchedulePlan
@@ -237,6 +238,61 @@ def calibration_path(name: str, folder: Path, record: Calibration, overwrite: bo
     return other, f"{target.name} already holds a different calibration: saved as {other.name} (set 'overwrite' to replace)"
 
 
+def resumable_state(work: Path, key: str, steps: int, storage: str) -> tuple[EdgeCheckpoint | None, str | None,
+                                                                         list[str]]:
+    """The edge checkpoint and the anchor study's storage URL (``None``: in memory) for a calibration.
+
+    ``storage`` is the node's input: empty for a SQLite study in ``work``, ``memory``, or a URL. A
+    ``work`` folder that cannot be written (a read-only or full user directory) does not stop the
+    calibration: it runs without what it cannot keep, and the returned warnings say that an
+    interruption would start it over.
+    """
+    url = storage.strip()
+    if url.lower() == "memory":
+        url = None
+    warnings: list[str] = []
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        warnings.append(f"cannot keep resumable state in {work}: {exc.strerror or exc}; an interruption restarts "
+                        "this calibration")
+        return None, url or None, warnings
+    checkpoint = EdgeCheckpoint(work / f"{key}.edges.json", key, steps=steps)
+    if checkpoint.problem:
+        warnings.append(checkpoint.problem)
+    if url != "":
+        return checkpoint, url, warnings
+    url, optuna = f"sqlite:///{(work / 'studies.db').as_posix()}", require_optuna()
+    try:
+        open_storage(optuna, url)  # creates the file and its tables now, not after the edge stage
+    except Exception as exc:  # read-only or full folder: SQLAlchemy's OperationalError
+        warnings.append(f"anchor study kept in memory: cannot use {work / 'studies.db'} ({_first_line(exc)})")
+        url = None
+    return checkpoint, url, warnings
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def save_calibration(record: Calibration, name: str, folder: Path, overwrite: bool) -> tuple[Path | None, str]:
+    """Save ``record`` in ``folder`` (never over a different file unless ``overwrite``); returns the path and
+    a line for the summary. A folder that cannot be written returns ``None`` and a line saying where and why:
+    the calibration still goes to the graph."""
+    path, moved = calibration_path(name, folder, record, overwrite)
+    old_name, old_notes = record.name, list(record.notes)
+    if moved:
+        record.notes.append(moved)
+        record.name = path.stem
+    try:
+        record.save(path, overwrite=overwrite)
+    except SaveError as exc:
+        record.name, record.notes = old_name, old_notes
+        return None, (f"NOT SAVED: {exc}; the 'calibration' output still carries it to OTCache Schedule, or make "
+                      "the folder writable and queue again")
+    return path, f"saved: {path}"
+
+
 def preview_image(outcome: Any) -> np.ndarray:
     """Edge-error heatmap, reference and anchor strips, and the anchor search history."""
     cal = outcome.calibration
@@ -293,8 +349,9 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
                     name: str = "my-calibration", vae: Any = None, storage: str = "", mode: str = "auto",
                     overwrite: bool = False, folder: Path | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    rules: Sequence[str] = DEFAULT_RULES) -> tuple[Calibration, np.ndarray, str, Path]:
-    """Calibrate, save and describe; returns ``(record, preview RGB, summary text, saved path)``."""
+                    rules: Sequence[str] = DEFAULT_RULES) -> tuple[Calibration, np.ndarray, str, Path | None]:
+    """Calibrate, save and describe; returns ``(record, preview RGB, summary text, saved path)``; the path is
+    ``None`` when the folder could not be written (the summary says why)."""
     auto_ref, auto_anchor = default_budgets(max(steps, MIN_STEPS))
     reference_budget = reference_budget or auto_ref
     anchor_budget = anchor_budget or min(auto_anchor, reference_budget - 1)
@@ -303,8 +360,6 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     if samples < 1:
         raise OTCacheError("'samples' must be at least 1")
     folder = folder or user_calibration_dir()
-    work = folder / ".work"
-    work.mkdir(parents=True, exist_ok=True)
     seeds = [seed + k for k in range(samples)]
     sampler = ComfyCalibrationSampler(model, positive, negative, latent, seeds, steps, cfg, sampler_name, scheduler,
                                       mode)
@@ -331,18 +386,13 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
              "batch (%.1f full generations); then %d anchor trials", strength, T, max_segment, ", ".join(rules),
              estimate, estimate / T, trials)
     objective_name, distance, objective_note = latent_objective(vae, model)
-    storage_url = storage.strip()
-    if storage_url == "":
-        storage_url = f"sqlite:///{(work / 'studies.db').as_posix()}"
-    elif storage_url.lower() == "memory":
-        storage_url = None
+    checkpoint, storage_url, warnings = resumable_state(folder / ".work", key, T, storage)
     settings = CalibrationSettings(
         reference_budget=reference_budget, anchor_budget=anchor_budget, strength=strength, max_skip=max_segment,
         trials=trials, seed=seed, storage=storage_url, study_name=f"{name}-{key}-{settings_key(rules)}",
         rules=rules,
     )
-    checkpoint = EdgeCheckpoint(work / f"{key}.edges.json", key)
-    resumed_rows = len(checkpoint.rows)
+    resumed_rows = len(checkpoint.rows) if checkpoint else 0
     started = time.perf_counter()
     outcome = calibrate(
         sampler, settings, distance=distance, objective_name=objective_name, name=name,
@@ -358,11 +408,12 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         record.notes.append(f"resumed: {resumed_rows} edge rows measured by an earlier, interrupted run")
     if outcome.anchor.resumed_trials:
         record.notes.append(f"resumed: {outcome.anchor.resumed_trials} anchor trials from the study")
-    path, moved = calibration_path(name, folder, record, overwrite)
-    if moved:
-        record.notes.append(moved)
-        record.name = path.stem
-    record.save(path, overwrite=overwrite)
+    if checkpoint and checkpoint.save_problem:
+        warnings.append(checkpoint.save_problem)
+    path, saved = save_calibration(record, name, folder, overwrite)
+    warnings += [] if path else [saved]
+    for warning in warnings:
+        log.warning("OTCache Calibrate: %s", warning)
     seconds = time.perf_counter() - started
     calls = record.cost.get("model_calls", {})
     secs = record.cost.get("seconds", {})
@@ -374,10 +425,11 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         f"per batch before it ran",
         f"reference worst segment {record.reference.score:.4g}; anchor {objective_name} {record.anchor.score:.4g} "
         f"over {record.anchor.details.get('trials')} trials",
-        f"saved: {path}",
+        *warnings,
+        *([saved] if path else []),
     ]
     text = "\n".join(dict.fromkeys(lines))
-    log.info("OTCache Calibrate: done in %.1f s, saved %s", seconds, path)
+    log.info("OTCache Calibrate: done in %.1f s, %s", seconds, saved)
     return record, preview_image(outcome), text, path
 
 

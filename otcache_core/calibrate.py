@@ -546,6 +546,4 @@ def calibrate(
         cost={"model_calls": cost_calls, "seconds": {k: round(v, 3) for k, v in cost_seconds.items()},
               "full_generation_calls": full.model_calls},
     )
-    if checkpoint and checkpoint.save_problem:
-        record.notes.append(checkpoint.save_problem)
     return CalibrationOutcome(record, errors, anchor, full)

@@ -92,16 +92,17 @@ MAX_FILE_BYTES = 32 * 1024 * 1024
 """Largest OTCache file read (a calibration at T = 1000 with its full edge matrix is about 10 MB)."""
 MAX_DEPTH = 32
 """Deepest nesting of arrays and objects accepted (OTCache's own files nest at most 4 levels)."""
-_MAX_INT_DIGITS = 18  # beyond int64; a float conversion of larger integers can overflow
+MAX_INTEGER = 10**18
+"""Largest integer magnitude accepted: larger ones overflow float conversions and C integers."""
 
 
 def read_json_file(path: str | os.PathLike[str]) -> Any:
     """Parse the JSON file at ``path`` within OTCache's limits.
 
     Raises :class:`FileFormatError` with one line naming the file: missing, unreadable, larger than
-    :data:`MAX_FILE_BYTES`, not UTF-8, not JSON, a non-finite number (``NaN``, ``Infinity``,
-    ``1e999``), an integer of more than 18 digits, or nesting deeper than :data:`MAX_DEPTH`. The
-    size is checked before reading, so a huge file costs nothing.
+    :data:`MAX_FILE_BYTES` (checked before reading, so a huge file costs nothing), not UTF-8, not
+    JSON; and naming the field: a non-finite number (``NaN``, ``Infinity``, ``1e999``), an integer
+    beyond :data:`MAX_INTEGER`, nesting deeper than :data:`MAX_DEPTH`.
     """
     source = Path(path)
     try:
@@ -114,6 +115,8 @@ def read_json_file(path: str | os.PathLike[str]) -> Any:
             data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError as exc:
         raise FileFormatError(f"{source}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise FileFormatError(f"{source}: is a folder, not a file") from exc
     except OSError as exc:
         raise FileFormatError(f"{source}: cannot be read ({exc.strerror or exc})") from exc
     if len(data) > MAX_FILE_BYTES:  # grew while being read
@@ -123,50 +126,43 @@ def read_json_file(path: str | os.PathLike[str]) -> Any:
     except UnicodeDecodeError as exc:
         raise FileFormatError(f"{source}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FileFormatError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except _BadNumber as exc:
-        raise FileFormatError(f"{source}: {exc}") from None
     except RecursionError:
-        raise FileFormatError(f"{source}: nested deeper than {MAX_DEPTH} levels") from None
-    if _depth(document) > MAX_DEPTH:
-        raise FileFormatError(f"{source}: nested deeper than {MAX_DEPTH} levels")
+        raise FileFormatError(f"{source}: nested far deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # Python refuses integer literals of more than 4300 digits
+        raise FileFormatError(f"{source}: holds an integer literal of thousands of digits") from None
+    problem = _first_bad_value(document)
+    if problem is not None:
+        raise FileFormatError(f"{source}: {problem}")
     return document
 
 
-class _BadNumber(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise _BadNumber(f"{name} is not a number OTCache accepts (only finite numbers)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _BadNumber(f"{text[:40]} is out of the range of finite numbers")
-    return value
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-        raise _BadNumber(f"the integer {text[:20]}... has more than {_MAX_INT_DIGITS} digits")
-    return int(text)
-
-
-def _depth(document: Any) -> int:
-    """Nesting depth of arrays and objects, without recursion."""
-    deepest, stack = 0, [(document, 1)]
+def _first_bad_value(document: Any) -> str | None:
+    """The first value OTCache refuses anywhere in ``document``, with its path; no recursion."""
+    stack: list[tuple[Any, str, int]] = [(document, "", 1)]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (list, dict)):
-            deepest = max(deepest, depth)
+        value, path, depth = stack.pop()
+        if isinstance(value, (dict, list)):
             if depth > MAX_DEPTH:
-                return depth
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
-    return deepest
+                return f"field {_top(path)!r} nests deeper than {MAX_DEPTH} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            children = [(v, f"{path}.{k}" if isinstance(k, str) and path else
+                         (str(k) if isinstance(k, str) else f"{path}[{k}]"), depth + 1) for k, v in items]
+            stack.extend(reversed(children))
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"field {_top(path)!r} must be a finite number, found {value}"
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            return f"field {_top(path)!r} holds an integer beyond {MAX_INTEGER:.0e}"
+    return None
+
+
+def _top(path: str) -> str:
+    """A field path cut to a readable length."""
+    if not path:
+        return "(the whole file)"
+    return path if len(path) <= 80 else path[:77] + "..."
 
 
 def load_json(path: str | os.PathLike[str], expected_format: str, max_version: int) -> dict[str, Any]:

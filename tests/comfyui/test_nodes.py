@@ -137,3 +137,36 @@ def test_preset_for_another_family_is_refused_in_apply(nodes, user_dir, tiny_mod
         nodes.OTCacheApply().apply(tiny_model("flux").patcher, plan, "auto", 0.0, 1.0)
     generic, _, _ = make(nodes, preset="generic (FLUX.1-dev published shape, any model)")
     nodes.OTCacheApply().apply(tiny_model("wan21_t2v").patcher, generic, "auto", 0.0, 1.0)
+
+
+def test_the_preset_list_skips_hostile_user_files_with_one_warning_each(nodes, user_dir, caplog):
+    from fault_dirs import tree_digest
+
+    folder = user_dir / "otcache"
+    folder.mkdir()
+    good = json.loads((REPO / "schedules" / "flux.1-dev.json").read_text())
+    good["name"] = "my flux"
+    text = json.dumps(good)
+    hostile = {
+        "truncated.json": text[: len(text) // 2],
+        "nan.json": json.dumps(dict(good, name="nan", anchor=dict(good["anchor"], score=float("nan")))),
+        "newer.json": text.replace('"version": 1', '"version": 99', 1),
+        "huge-steps.json": text.replace('"steps": 50', '"steps": 100000000000000000000000', 1),
+        "deep.json": text.replace('"notes": [', '"notes": [' + "[" * 5000 + "]" * 5000 + ",", 1),
+        "latin1.json": text.replace("my flux", "caf\u00e9"),
+    }
+    (folder / "mine.json").write_text(text)
+    for name, content in hostile.items():
+        (folder / name).write_bytes(content.encode("latin-1" if name == "latin1.json" else "utf-8"))
+    (folder / "huge.json").write_text(text[:-1] + ', "padding": "' + "x" * (50 * 2**20) + '"}')
+    before = tree_digest(folder)
+    caplog.clear()
+    names = nodes.OTCacheSchedule.INPUT_TYPES()["required"]["preset"][0]
+    assert "my flux" in names and "flux.1-dev" in names and len([n for n in names if "flux" in n]) >= 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for name in [*hostile, "huge.json"]:
+        lines = [w for w in warned if f"{folder / name}:" in w]
+        assert len(lines) == 1 and "\n" not in lines[0], (name, warned)
+    assert tree_digest(folder) == before
+    plan, _, _ = make(nodes, preset="my flux")
+    assert plan.label == "my flux"
