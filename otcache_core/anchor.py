@@ -244,9 +244,10 @@ class _StudyView:
     running: list[Any]
     waiting: list[Any]
 
-    def pending(self, key: tuple[int, ...]) -> bool:
-        """Whether a running or queued trial holds the schedule ``key``."""
-        return any(tuple(t.user_attrs.get(SCHEDULE_ATTR, ())) == key for t in self.running + self.waiting)
+
+def _holds(trial, key: tuple[int, ...]) -> bool:
+    """Whether ``trial`` is (or was) an evaluation of the schedule ``key``."""
+    return tuple(trial.user_attrs.get(SCHEDULE_ATTR, ())) == key
 
 
 def _view(study, optuna) -> _StudyView:
@@ -299,7 +300,9 @@ def search_anchor(
     * running trials send a heartbeat every ``heartbeat`` seconds; a trial silent for ``grace``
       seconds (its worker died) is failed and queued again with the same schedule;
     * every call returns only when the study holds ``n_trials`` completed trials, so all workers
-      report the same best schedule.
+      report the same best schedule;
+    * workers sweeping the same local search skip a candidate another worker is evaluating, so they
+      spread over the sweep instead of queueing behind one another.
 
     Every trial, exact ones included, runs inside ``study.optimize``: that is where Optuna records
     heartbeats and marks a trial failed when the objective raises (an interrupted calibration).
@@ -358,6 +361,11 @@ def search_anchor(
             # This worker's trial outlived its grace period (a stalled machine) and was failed and
             # queued again by another worker; the value is kept in `known`, so the copy costs nothing.
             log.warning("anchor trial was taken over by another worker after a missed heartbeat")
+        except ValueError as exc:
+            # SQLite cannot lock a row: two workers may take the same queued trial, and the second to
+            # finish finds it complete (same schedule, same value). PostgreSQL locks the row.
+            if "Cannot tell a COMPLETE trial" not in str(exc):
+                raise
 
     def wait_for_others(view: _StudyView) -> None:
         with warnings.catch_warnings():
@@ -383,31 +391,31 @@ def search_anchor(
             else:
                 wait_for_others(view)
 
-    def evaluate_exact(schedule: Schedule, kind: str, wait: bool = True) -> float:
+    def evaluate_exact(schedule: Schedule, kind: str) -> float:
         """The objective of ``schedule`` itself, as a trial at its projection into the search space.
 
-        Without ``wait``, a schedule another worker is evaluating is skipped. ``inf`` when the study
-        filled up first."""
+        ``inf`` when the study filled up first, or when another worker is evaluating the same
+        schedule: several workers sweeping the same local search then spread over its candidates
+        instead of queueing behind one another (the other worker's value still counts for the best).
+        """
         key = schedule.compute_steps
         params = dict(zip(names, log_density_of(warp_of(schedule), n_bins)))
         while True:
             view = _view(study, optuna)
             if key in view.values:
                 return view.values[key]
-            if len(view.completed) >= n_trials or (not wait and view.pending(key)):
+            if len(view.completed) >= n_trials or any(_holds(t, key) for t in view.running):
                 return math.inf
-            if not view.pending(key) and has_room(view):
+            if not any(_holds(t, key) for t in view.waiting):
+                if not has_room(view):
+                    return math.inf
                 study.enqueue_trial(params, user_attrs={SCHEDULE_ATTR: list(key), "phase": kind})
-                one_trial()
-            elif view.waiting:
-                one_trial()
-            else:
-                wait_for_others(view)
+            one_trial()  # runs the oldest queued trial: this one, or a dead worker's queued again
 
     for schedule in initial[:n_trials]:
         # Evaluated exactly, so the anchor is never worse than, e.g., the reference resampled to
         # this budget; TPE learns from them too.
-        evaluate_exact(schedule, "seed", wait=False)
+        evaluate_exact(schedule, "seed")
 
     local_trials = int(round(polish * n_trials))
     run_until(n_trials - local_trials)
