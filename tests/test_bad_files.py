@@ -38,23 +38,38 @@ FUZZ = settings(max_examples=int(os.environ.get("OTCACHE_FUZZ_EXAMPLES", "120"))
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-def valid_calibration() -> dict[str, Any]:
+def valid_calibration(version: int = 2) -> dict[str, Any]:
+    """A calibration file as OTCache writes it: version 2 (reuse rules per edge and per segment), or
+    version 1 (every file written before rules, the shipped presets included)."""
     matrix = np.full((T + 1, T + 1), np.nan)
     for i in range(T):
         for j in range(i + 1, min(i + 5, T) + 1):
             matrix[i, j] = 0.0 if j == i + 1 else 0.01 * (j - i) ** 2
     reference = Schedule.from_steps([0, 2, 4, 6, 8, 10, 11], T)
     anchor = Schedule.from_steps([0, 4, 8, 11], T)
+    edge_errors = {"strength": "rollout", "max_skip": 5, "metric": "rel_l1", "matrix": matrix_to_json(matrix)}
+    reference_rules = anchor_rules = None
+    if version == 2:
+        names = [[("linear" if (i + j) % 2 else "hold") if j >= i + 2 and not np.isnan(matrix[i, j]) else None
+                  for j in range(T + 1)] for i in range(T + 1)]
+        edge_errors.update(rules=names, candidates=["hold", "linear"],
+                           by_rule={"hold": matrix_to_json(matrix), "linear": matrix_to_json(matrix * 0.5)})
+        reference_rules = ("hold",) * len(reference.segments())
+        anchor_rules = ("linear", "hold", "meancache3", "hold")
     record = Calibration(
         name="fuzz", steps=T,
-        reference=ScheduleRecord(reference, "leximax", 0.04, {"segment_errors": [0.04] * 7, "max_skip": 5}),
-        anchor=ScheduleRecord(anchor, "optuna", 0.2, {"objective": "rel_l1", "trials": 3, "history": [0.3, 0.2, 0.25]}),
+        reference=ScheduleRecord(reference, "leximax", 0.04, {"segment_errors": [0.04] * 7, "max_skip": 5},
+                                 reference_rules),
+        anchor=ScheduleRecord(anchor, "optuna", 0.2, {"objective": "rel_l1", "trials": 3, "history": [0.3, 0.2, 0.25]},
+                              anchor_rules),
         model={"family": "flux", "families": ["flux"], "name": "tiny"},
         sampler={"sampler": "euler", "scheduler": "simple", "cfg": 3.0, "steps": T, "seeds": [0, 1]},
-        edge_errors={"strength": "rollout", "max_skip": 5, "metric": "rel_l1", "matrix": matrix_to_json(matrix)},
-        cost={"model_calls": {"edges": 40}, "seconds": {"edges": 1.5}}, notes=["a note"], created="2026-12-01",
+        edge_errors=edge_errors, cost={"model_calls": {"edges": 40}, "seconds": {"edges": 1.5}}, notes=["a note"],
+        created="2026-12-01",
     )
-    return record.to_dict()
+    document = record.to_dict()
+    assert document["version"] == version
+    return document
 
 
 def valid_schedule() -> dict[str, Any]:
@@ -205,7 +220,7 @@ def _is_calibration(path: Path) -> bool:
 
 
 @FUZZ
-@given(mutated(valid_calibration()))
+@given(st.one_of(mutated(valid_calibration(2)), mutated(valid_calibration(1))))
 def test_a_mutated_calibration_is_refused_naming_its_field_or_works(case):
     document, path = case
     with tempfile.TemporaryDirectory() as folder:
@@ -215,7 +230,7 @@ def test_a_mutated_calibration_is_refused_naming_its_field_or_works(case):
 @FUZZ
 @given(st.data())
 def test_a_truncated_calibration_is_refused(data):
-    text = dumps(valid_calibration())
+    text = dumps(valid_calibration(data.draw(st.sampled_from([1, 2]))))
     cut = data.draw(st.integers(0, len(text) - 2))
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder), text[:cut])
@@ -233,7 +248,7 @@ def test_a_calibration_of_another_version_is_refused(version):
     document["version"] = version
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder), to_text(document))
-        if type(version) is int and version == 1:
+        if type(version) is int and version in (1, 2):
             use(Calibration.load(path))
             return
         with pytest.raises(FileFormatError, match="version") as error:
