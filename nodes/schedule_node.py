@@ -14,7 +14,7 @@ from ..otcache_core.errors import OTCacheError
 from ..otcache_core.figures import schedule_strips
 from ..otcache_core.interpolation import LAMBDA_MAPPINGS
 from ..otcache_core.plan import BudgetRule, SchedulePlan
-from .storage import load_named_preset, preset_names
+from .storage import find_preset, load_named_preset, preset_descriptions
 
 BUDGET_AS = ("computed steps", "speedup")
 
@@ -80,11 +80,13 @@ class OTCacheSchedule:
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = preset_names()
+        described = preset_descriptions()
+        names = list(described) or ["(no presets found)"]
         default = "flux.1-dev" if "flux.1-dev" in names else names[0]
+        listing = "\n".join(f"{name}: {text}" for name, text in described.items())
         return {
             "required": {
-                "preset": (names, {"default": default, "tooltip": "Shipped presets and calibrations saved by OTCache Calibrate. Ignored when 'calibration' is connected."}),
+                "preset": (names, {"default": default, "tooltip": "Shipped presets and calibrations saved by OTCache Calibrate, by id. Ignored when 'calibration' is connected.\n" + listing}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 10000, "tooltip": "The step count 'budget' refers to. Other step counts keep the same share of computed steps."}),
                 "budget": ("INT", {"default": 10, "min": 1, "max": 10000, "tooltip": "Full model computations out of 'steps' (ideal speedup = steps / budget)."}),
                 "budget_as": (list(BUDGET_AS), {"default": BUDGET_AS[0], "tooltip": "Read the budget as computed steps, or use 'speedup' instead."}),
@@ -96,6 +98,15 @@ class OTCacheSchedule:
                 "lambda_mapping": (list(LAMBDA_MAPPINGS), {"default": "linear", "tooltip": "How the budget maps to the reference-anchor interpolation weight: linear in the budget or in 1/budget."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, preset):
+        """Accept a former preset id too (saved workflows keep the id they were saved with)."""
+        try:
+            find_preset(preset)
+        except OTCacheError as exc:
+            return str(exc)
+        return True
 
     def make(self, preset, steps, budget, budget_as, speedup, warmup_steps, calibration=None, lambda_mapping="linear"):
         cal = calibration if calibration is not None else load_named_preset(preset)

@@ -202,6 +202,14 @@ class Calibration:
     def load(cls, path: str | os.PathLike[str]) -> Calibration:
         return cls.from_dict(load_json(path, CALIBRATION_FORMAT, CALIBRATION_VERSION), where=str(path))
 
+    def description(self) -> str:
+        """One line: the model it is for, where its schedules come from, T and the two budgets."""
+        model = self.model.get("name") or self.model.get("family") or "unknown model"
+        origin = (f"{self.source.get('method', '')} published schedules".strip()
+                  if self.source.get("kind") == "published" else "calibrated")
+        return (f"{model}; {origin}, {self.steps} steps, reference {self.reference.schedule.budget} / anchor "
+                f"{self.anchor.schedule.budget} computed")
+
     def summary(self) -> str:
         """A few human-readable lines: what was calibrated and the two schedules."""
         ref, anc = self.reference, self.anchor
@@ -210,6 +218,7 @@ class Calibration:
 
         lines = [
             f"calibration {self.name!r}: {self.model.get('family', 'unknown family')}, T={self.steps}",
+            self.description(),
             f"reference ({ref.method}) B={ref.schedule.budget}: {list(ref.schedule.compute_steps)}{rules(ref)}",
             f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}{rules(anc)}",
         ]

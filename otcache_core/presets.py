@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from .calibration import CALIBRATION_FORMAT, Calibration
@@ -21,11 +22,47 @@ log = logging.getLogger(__name__)
 USER_LABEL = "user"
 """User files whose name is taken are listed as ``name (user)``, ``name (user 2)``, ..."""
 
+PRESET_ALIASES: dict[str, str] = {
+    "generic (FLUX.1-dev published shape, any model)": "generic",
+}
+"""Former preset ids -> the id that replaced them.
+
+A preset id is what a saved workflow stores in OTCache Schedule's ``preset`` widget, so an id never
+goes away: renaming a preset adds its old id here (a chain of renames resolves step by step).
+"""
+
 
 def shipped_preset_dir() -> Path | None:
     """The repository's ``schedules/`` folder, or ``None`` when the package is installed without it."""
     folder = Path(__file__).resolve().parent.parent / "schedules"
     return folder if folder.is_dir() else None
+
+
+def resolve_preset_name(name: str, available: Collection[str]) -> str | None:
+    """The listed preset that ``name`` stands for: itself, or the preset a former id was renamed to.
+
+    ``None`` when neither ``name`` nor what its aliases lead to is in ``available``. A listed name
+    always wins over an alias, so a user calibration that happens to carry an old id stays reachable.
+    """
+    seen: set[str] = set()
+    while name not in available:
+        if name in seen or name not in PRESET_ALIASES:
+            return None
+        seen.add(name)
+        name = PRESET_ALIASES[name]
+    return name
+
+
+def describe_preset(path: str | os.PathLike[str]) -> str:
+    """One line saying what a preset file is for (its model and where its schedules come from).
+
+    Empty for a file that does not load: listing already reported it.
+    """
+    try:
+        calibration = Calibration.load(path)
+    except OTCacheError:
+        return ""
+    return calibration.description()
 
 
 def load_preset(path: str | os.PathLike[str]) -> Calibration:

@@ -8,6 +8,7 @@ The measurement table is printed; see it with ``pytest -s tests/test_presets.py 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,13 +22,16 @@ from otcache_core.cli import main
 from otcache_core.errors import FileFormatError
 from otcache_core.interpolation import predict
 from otcache_core.plan import BudgetRule, SchedulePlan
-from otcache_core.presets import list_presets, load_preset, shipped_preset_dir
+from otcache_core import presets as presets_module
+from otcache_core.presets import describe_preset, list_presets, load_preset, resolve_preset_name, shipped_preset_dir
 from otcache_core.schedule import Schedule
 from otcache_core.warp import sample_warp, warp_of
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULES = REPO / "schedules"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "published_schedules.json"
+DATA_VARIABLE = "OTCACHE_PUBLISHED_SCHEDULES"
+"""Where the project's ``published_schedules.json`` is (it is not part of the repository)."""
+DATA = Path(os.environ.get(DATA_VARIABLE, "")).expanduser() if os.environ.get(DATA_VARIABLE) else None
 
 # file -> (name, family, families, T, reference budget, anchor budget, method)
 EXPECTED = {
@@ -40,9 +44,10 @@ EXPECTED = {
     "wan2.1-i2v-14b.json": ("wan2.1-i2v-14b", "wan", ["wan"], 40, 25, 14, "LeMiCa"),
     "hunyuanvideo-1.5.json": ("hunyuanvideo-1.5", "hunyuan_video15", ["hunyuan_video15", "hunyuan_video"], 50, 25, 10, "LeMiCa"),
     "z-image.json": ("z-image", "z_image", ["z_image", "lumina2"], 50, 25, 13, "MeanCache"),
-    "generic.json": ("generic (FLUX.1-dev published shape, any model)", "any", ["any"], 50, 26, 10, "LeMiCa"),
+    "generic.json": ("generic", "any", ["any"], 50, 26, 10, "LeMiCa"),
 }
 SOURCE_FIELDS = ("repo", "path", "commit", "line", "license")
+PUBLIC_REPOS = ("UnicomAI/MeanCache", "scruffynerf/LeMiCa (fork of UnicomAI/LeMiCa)")
 ANCHOR_NOTE = "the anchor is a published graph schedule, not an Optuna-searched one"
 
 
@@ -56,7 +61,7 @@ def check_source(source: dict, where: str) -> None:
     assert source["license"] == "Apache-2.0", where
     assert re.fullmatch(r"[0-9a-f]{40}", source["commit"]), where
     assert isinstance(source["line"], int) and source["line"] > 0, where
-    assert source["repo"] in ("UnicomAI/MeanCache", "scruffynerf/LeMiCa (fork of UnicomAI/LeMiCa)"), where
+    assert source["repo"] in PUBLIC_REPOS, where
 
 
 def test_the_shipped_folder_holds_exactly_the_expected_presets():
@@ -86,7 +91,12 @@ def test_preset_loads_and_is_consistent(filename):
     src = cal.source
     assert src["kind"] == "published" and src["license"] == "Apache-2.0" and src["method"] == method
     assert src["authors"] == "LeMiCa / MeanCache authors (UnicomAI)"
-    assert src["data"] == "shared/data/published_schedules.json"
+    cited = {(s["repo"], s["commit"]) for s in [cal.reference.details["source"], cal.anchor.details["source"],
+                                                 *(i["source"] for i in src["published_lists"]),
+                                                 *src.get("duplicate_sources", [])]}
+    repositories = [(r["repo"], r["commit"]) for r in src["repositories"]]
+    assert len(repositories) == len(set(repositories)) and set(repositories) == cited
+    assert all(r["license"] == "Apache-2.0" for r in src["repositories"])
     same_method = [cal.reference.schedule.budget, cal.anchor.schedule.budget]
     for item in src["published_lists"]:
         listed = Schedule.from_steps(item["compute_steps"], T)  # validates
@@ -210,7 +220,23 @@ def test_load_preset_names_the_file_and_the_problem(tmp_path, content, message):
 # --- rebuild from the data -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not DATA.is_file(), reason=f"published data not available at {DATA} (only in the dev workspace)")
+def strings_in(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("filename", sorted(EXPECTED))
+def test_a_preset_cites_no_local_path(filename):
+    """Sources are public repositories, files in them and commits: never a path of the machine that built it."""
+    for text in strings_in(json.loads((SCHEDULES / filename).read_text(encoding="utf-8"))):
+        assert not text.startswith(("/", "~", "./", "../")) and "shared/" not in text and ":\\" not in text, text
+
+
+@pytest.mark.skipif(DATA is None or not DATA.is_file(),
+                    reason=f"set {DATA_VARIABLE} to the project's published_schedules.json to check the rebuild")
 def test_build_presets_rebuilds_identical_files(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "build_presets.py"), str(DATA), str(tmp_path)],
@@ -301,3 +327,32 @@ def test_measure_interpolation_against_published_intermediate_lists():
     assert mean_ov >= 0.5 and mean_diff <= 2.2
     # interpolating the two published extremes predicts better than either one alone or uniform spacing
     assert mean_diff < min(baseline_means["ref only"], baseline_means["anchor only"], baseline_means["uniform"])
+
+
+# --- preset ids and former ids ---------------------------------------------------------------------
+
+
+def test_a_former_id_resolves_to_the_preset_that_replaced_it():
+    shipped = list_presets()
+    assert resolve_preset_name("generic (FLUX.1-dev published shape, any model)", shipped) == "generic"
+    assert resolve_preset_name("flux.1-dev", shipped) == "flux.1-dev"
+    assert resolve_preset_name("no such preset", shipped) is None
+
+
+def test_a_listed_name_wins_over_an_alias_and_renames_chain(monkeypatch):
+    monkeypatch.setattr(presets_module, "PRESET_ALIASES", {"old": "middle", "middle": "new", "loop": "loop"})
+    assert resolve_preset_name("old", ["new"]) == "new"
+    assert resolve_preset_name("old", ["old", "new"]) == "old"  # e.g. a user calibration called "old"
+    assert resolve_preset_name("old", ["other"]) is None
+    assert resolve_preset_name("loop", ["other"]) is None
+
+
+def test_every_alias_leads_to_a_shipped_preset():
+    shipped = list_presets()
+    for former in presets_module.PRESET_ALIASES:
+        assert former not in shipped and resolve_preset_name(former, shipped) in shipped
+
+
+def test_a_preset_description_names_model_origin_and_budgets():
+    assert describe_preset(SCHEDULES / "flux.1-dev.json") == (
+        "FLUX.1-dev; LeMiCa published schedules, 50 steps, reference 26 / anchor 10 computed")

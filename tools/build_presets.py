@@ -10,6 +10,10 @@ an OTCache calibration record whose reference is the model's largest published b
 anchor is its smallest, both with ``method = "published"``; every other published list for the model
 is kept under ``source["published_lists"]``. Only step lists (facts) are taken from the data, never
 code or prose. The output is deterministic: rebuilding from the same data gives identical files.
+
+The data file is not part of this repository; the presets do not refer to it. Each preset cites the
+public repositories and commits its lists come from (``source["repositories"]``, from the data's
+``sources``) and, per list, the file and line.
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ SPECS: tuple[PresetSpec, ...] = (
 )
 
 GENERIC = PresetSpec(
-    "generic (FLUX.1-dev published shape, any model)", "flux.1-dev", "LeMiCa", "any", ("any",),
+    "generic", "flux.1-dev", "LeMiCa", "any", ("any",),
     "any model (FLUX.1-dev published shape)", file_stem="generic",
     notes=("a starting point for models without a calibration: the compute density of the published FLUX.1-dev "
            "schedules, resampled to the run's step count; calibrate the model for a schedule fitted to it",),
@@ -184,6 +188,19 @@ def _shared_note(data: dict[str, Any], model: str, method: str, budget: int) -> 
     return None
 
 
+def _repositories(data: dict[str, Any], cited: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The public repositories (name, commit, license) that the cited lists come from, in the data's order.
+
+    A preset cites only public sources: the repository, the commit and (per list) the file and line.
+    """
+    used = {(s["repo"], s["commit"]) for s in cited}
+    known = {(s["repo"], s["commit"]) for s in data["sources"]}
+    if used - known:
+        raise DataError(f"lists cite repositories missing from the data's 'sources': {sorted(used - known)}")
+    return [{key: s[key] for key in ("repo", "commit", "license")} for s in data["sources"]
+            if (s["repo"], s["commit"]) in used]
+
+
 def _published(entry: dict[str, Any]) -> dict[str, Any]:
     out = {"budget": entry["budget"], "compute_steps": list(entry["compute_steps"]), "method": entry["method"]}
     if entry.get("mode"):
@@ -223,20 +240,22 @@ def build_preset(data: dict[str, Any], spec: PresetSpec) -> Calibration:
             raise DataError(f"{other}: lists differ from {spec.data_model}; ship them as a separate preset")
 
     ref_entry, anchor_entry = primary[0], primary[-1]
+
     published = [_published(e) for e in primary[1:-1]]
     for method in spec.also_methods:
         others = sorted(_usable(entries, spec.data_model, method), key=lambda e: -e["budget"])
         published.extend(_published(e) for e in others)
+    duplicates = _duplicates(entries, spec.data_model, spec.method, primary)
+    cited = [ref_entry["source"], anchor_entry["source"], *(p["source"] for p in published), *duplicates]
 
     source: dict[str, Any] = {
         "kind": "published",
         "authors": AUTHORS,
         "license": "Apache-2.0",
-        "data": "shared/data/published_schedules.json",
+        "repositories": _repositories(data, cited),
         "method": spec.method,
         "model_in_data": spec.data_model,
     }
-    duplicates = _duplicates(entries, spec.data_model, spec.method, primary)
     if duplicates:
         source["duplicate_sources"] = duplicates
     if spec.identical_models:

@@ -135,7 +135,7 @@ def test_preset_for_another_family_is_refused_in_apply(nodes, user_dir, tiny_mod
     plan, _, _ = make(nodes, preset="wan2.1-t2v-14b")
     with pytest.raises(OTCacheError, match="pick a matching 'preset'"):
         nodes.OTCacheApply().apply(tiny_model("flux").patcher, plan, "auto", 0.0, 1.0)
-    generic, _, _ = make(nodes, preset="generic (FLUX.1-dev published shape, any model)")
+    generic, _, _ = make(nodes, preset="generic")
     nodes.OTCacheApply().apply(tiny_model("wan21_t2v").patcher, generic, "auto", 0.0, 1.0)
 
 
@@ -170,3 +170,29 @@ def test_the_preset_list_skips_hostile_user_files_with_one_warning_each(nodes, u
     assert tree_digest(folder) == before
     plan, _, _ = make(nodes, preset="my flux")
     assert plan.label == "my flux"
+
+
+LEGACY_GENERIC = "generic (FLUX.1-dev published shape, any model)"
+
+
+def test_preset_values_are_short_ids_and_descriptions_go_to_the_tooltip(nodes, user_dir):
+    names, options = nodes.OTCacheSchedule.INPUT_TYPES()["required"]["preset"]
+    assert "generic" in names and LEGACY_GENERIC not in names
+    assert all(" " not in name for name in names), "a shipped preset id has a space"
+    assert "generic: any model (FLUX.1-dev published shape); LeMiCa published schedules" in options["tooltip"]
+    assert "\nflux.1-dev: FLUX.1-dev; LeMiCa published schedules, 50 steps" in options["tooltip"]
+    _, _, summary = make(nodes, preset="generic")
+    assert "any model (FLUX.1-dev published shape)" in summary
+
+
+def test_a_workflow_saved_with_the_former_generic_value_gets_the_same_preset(nodes, user_dir):
+    assert nodes.OTCacheSchedule.VALIDATE_INPUTS(LEGACY_GENERIC) is True
+    old, _, old_summary = make(nodes, preset=LEGACY_GENERIC, steps=28, budget=8)
+    new, _, new_summary = make(nodes, preset="generic", steps=28, budget=8)
+    assert old.resolve(28).schedule == new.resolve(28).schedule and old.label == new.label == "generic"
+    assert old_summary == new_summary
+
+
+def test_an_unknown_preset_fails_validation_with_what_to_change(nodes, user_dir):
+    message = nodes.OTCacheSchedule.VALIDATE_INPUTS("no such preset")
+    assert isinstance(message, str) and "'no such preset'" in message and "pick another 'preset'" in message
