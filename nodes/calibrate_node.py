@@ -43,6 +43,7 @@ from ..otcache_core.schedule import Schedule
 from .apply_node import apply_otcache
 from .cache_hooks import RUN_KEY, add_report_listener
 from .families import model_identity
+from .previews import temp_preview
 from .schedule_node import as_comfy_image
 from .storage import user_calibration_dir
 
@@ -443,6 +444,7 @@ class OTCacheCalibrate:
     )
     CATEGORY = "OTCache"
     FUNCTION = "calibrate"
+    OUTPUT_NODE = True  # it saves a file, like Save Image: Calibrate and its inputs alone make a valid prompt
     RETURN_TYPES = ("OTCACHE_CALIBRATION", "IMAGE", "STRING")
     RETURN_NAMES = ("calibration", "preview", "summary")
 
@@ -496,4 +498,5 @@ class OTCacheCalibrate:
             vae=vae, storage=storage, mode=mode, overwrite=overwrite, progress=progress,
             rules=parse_rule_list(reuse_rules),
         )
-        return (record, as_comfy_image(preview), text)
+        return {"ui": {"images": [temp_preview(preview, "OTCache_calibration")]},
+                "result": (record, as_comfy_image(preview), text)}

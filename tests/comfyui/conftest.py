@@ -210,3 +210,19 @@ def _release_models() -> None:
     gc.collect()
     comfy.model_management.cleanup_models()
     gc.collect()
+
+
+# --------------------------------------------------------------------------
+# A running ComfyUI server (one per session: starting one takes 10-30 s)
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, comfyui_root, tiny):
+    """A ComfyUI server process with this pack and the test-only nodes (see ``comfy_server.py``)."""
+    from .comfy_server import prepare_base, start_server
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    prepare_base(base)
+    server = start_server(comfyui_root, base)
+    yield server
+    server.stop()

@@ -1,0 +1,139 @@
+"""A real ComfyUI server for the tests: ``main.py --cpu`` on 127.0.0.1 with this pack installed.
+
+Everything lives in a temporary base directory (``--base-directory``): ``custom_nodes/otcache`` is a
+link to this repository, ``custom_nodes/otcache_test_nodes`` the test-only nodes of ``helper_nodes/``,
+``models/diffusion_models/tiny_wan.safetensors`` a tiny Wan 2.1 that ComfyUI's own loader recognises,
+and the front end's settings mark its first-run tour as done (otherwise a template dialog covers the
+page). Nothing is written into the ComfyUI checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HELPER_NODES = Path(__file__).resolve().parent / "helper_nodes"
+TINY_WAN = "tiny_wan.safetensors"
+FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
+
+
+class ServerError(RuntimeError):
+    """The server did not start, refused a prompt, or a prompt did not finish."""
+
+
+@dataclass
+class ComfyServer:
+    url: str
+    base: Path
+    process: subprocess.Popen
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "server.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, payload: dict) -> tuple[int, dict]:
+        """``(HTTP status, JSON body)``; a refused prompt (400) is an answer, not an exception."""
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def queue(self, prompt: dict) -> str:
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "otcache-test"})
+        if status != 200:
+            raise ServerError(f"prompt refused ({status}): {json.dumps(body)[:2000]}")
+        return body["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
+        """The history entry of a finished prompt."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise ServerError(f"prompt {prompt_id} did not finish in {timeout:.0f} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_tiny_wan(path: Path) -> None:
+    """A Wan 2.1 T2V small enough for CPU that ComfyUI's own detection recognises (head dim 128)."""
+    from safetensors.torch import save_file
+
+    from .tiny_models import _build_patcher
+
+    config = dict(image_model="wan2.1", model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=3,
+                  text_dim=4096, in_dim=16, out_dim=16, patch_size=(1, 2, 2), freq_dim=256, window_size=(-1, -1),
+                  qk_norm=True, cross_attn_norm=True, eps=1e-6)
+    patcher = _build_patcher("WAN21_T2V", config, seed=0)
+    state = {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def prepare_base(base: Path) -> None:
+    """The base directory layout described in the module docstring."""
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / "otcache").symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / "otcache_test_nodes").symlink_to(HELPER_NODES, target_is_directory=True)
+    models = base / "models" / "diffusion_models"
+    models.mkdir(parents=True)
+    save_tiny_wan(models / TINY_WAN)
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps(FRONTEND_SETTINGS), encoding="utf-8")
+
+
+def start_server(comfyui_root: Path, base: Path, timeout: float = 180) -> ComfyServer:
+    """Start ComfyUI on a free port and wait until the pack's nodes are registered."""
+    port = free_port()
+    log = open(base / "server.log", "w", encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--disable-auto-launch"],
+        cwd=comfyui_root, stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    log.close()  # the child keeps its own handle
+    server = ComfyServer(f"http://127.0.0.1:{port}", base, process)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            server.get("/object_info/OTCacheApply")
+            return server
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                server.stop()
+                raise ServerError(f"ComfyUI did not start:\n{server.log()[-3000:]}") from None
+            time.sleep(0.5)
