@@ -5,8 +5,11 @@ Shared by ``tests/test_workflows.py`` (no ComfyUI) and ``tests/comfyui/test_work
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
@@ -40,6 +43,8 @@ def widget_inputs(input_types: dict) -> list[tuple[str, str, list | None, dict]]
             else:
                 continue
             widgets.append((name, kind, choices, opts))
+            if kind == "COMBO" and opts.get("image_upload"):
+                widgets.append(("upload", "UPLOAD", ["image"], {}))
             control = opts.get("control_after_generate")
             if control is None and kind == "INT" and name in ("seed", "noise_seed"):
                 control = True  # the front end's legacy rule: these names get a control widget anyway
@@ -65,7 +70,7 @@ def widget_problems(node: dict, widgets: list, check_choices=lambda name: True) 
     problems = []
     for value, (name, kind, choices, opts) in zip(values, widgets):
         ok = True
-        if kind in ("COMBO", "CONTROL"):
+        if kind in ("COMBO", "CONTROL", "UPLOAD"):
             ok = isinstance(value, str) and (not check_choices(name) or value in choices)
         elif kind == "INT":
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -81,3 +86,14 @@ def widget_problems(node: dict, widgets: list, check_choices=lambda name: True) 
             problems.append(f"{where}: {name} ({kind}) = {value!r} is not valid"
                             + (f"; choices {choices}" if kind == "COMBO" else ""))
     return problems
+
+
+def load_builder() -> ModuleType:
+    """``tools/build_workflows.py`` as a module, imported once per session."""
+    name = "otcache_build_workflows"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "tools" / "build_workflows.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

@@ -1,23 +1,36 @@
-"""Build the example workflows in this folder (ComfyUI front-end format, ``version`` 0.4).
+"""Build the example workflows in ``workflows/`` (ComfyUI front-end format, ``version`` 0.4).
 
 Usage (from the repository root)::
 
-    python tools/build_workflows.py            # rewrite the *.json files here
-    python tools/build_workflows.py --check    # exit 1 if a file differs from what this builds
+    COMFYUI_PATH=../ComfyUI python tools/build_workflows.py            # rewrite workflows/*.json
+    COMFYUI_PATH=../ComfyUI python tools/build_workflows.py --check    # exit 1 if a file is out of date
 
-Pure data, no ComfyUI import. Widget values follow each node's ``INPUT_TYPES`` order (required, then
-optional; sockets are not widgets) as of ComfyUI 0.3.64; an INT with ``control_after_generate`` (the
-seeds) takes one more value right after it ("fixed", "randomize", ...). ``tests/test_workflows.py``
-and ``tests/comfyui/test_workflows_comfy.py`` check the files against the real node definitions.
+The OTCache nodes are built from their own definitions: sockets, widget order and every value not
+given here (its default) come from the node's ``INPUT_TYPES``, outputs from ``RETURN_TYPES``, so a new
+input appears in every workflow on the next build. OTCache Calibrate's inputs list ComfyUI's samplers,
+hence ``COMFYUI_PATH`` (a ComfyUI checkout); workflows without Calibrate build without it. ComfyUI's
+own nodes are written out by hand (widget values in ``INPUT_TYPES`` order, as of ComfyUI 0.3.64);
+``tests/test_workflows.py`` and ``tests/comfyui/test_workflows_comfy.py`` check every node against the
+real definitions. Rebuild after changing any OTCache node's inputs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
-HERE = Path(__file__).resolve().parent.parent / "workflows"
+REPO = Path(__file__).resolve().parent.parent
+HERE = REPO / "workflows"
+sys.path.insert(0, str(REPO / "tests"))  # the widget rules the workflow tests check with, and the pack loader
+from pack_import import load_pack  # noqa: E402
+from workflow_rules import socket_inputs, widget_inputs  # noqa: E402
+
+#: Module name of the pack imported by this tool (not a name the tests or ComfyUI use).
+PACK_NAME = "otcache_pack_build"
 
 #: Front-end-only node types (no Python class in ComfyUI).
 NOTE = "Note"
@@ -110,11 +123,79 @@ class Workflow:
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared pieces
+# OTCache nodes, from their definitions
 # --------------------------------------------------------------------------------------------------
 
-SCHEDULE_OUTPUTS = [("schedule", "OTCACHE_SCHEDULE"), ("preview", "IMAGE"), ("summary", "STRING")]
-CALIBRATE_OUTPUTS = [("calibration", "OTCACHE_CALIBRATION"), ("preview", "IMAGE"), ("summary", "STRING")]
+class NeedsComfyUI(RuntimeError):
+    """A node's inputs come from ComfyUI and no ComfyUI checkout is importable."""
+
+
+def _comfyui_importable() -> bool:
+    """Put ``COMFYUI_PATH`` on ``sys.path`` (CPU only) unless ``comfy`` is importable already."""
+    if "comfy" in sys.modules:
+        return True
+    root = os.environ.get("COMFYUI_PATH", "").strip()
+    if not root or not (Path(root) / "comfy" / "samplers.py").is_file():
+        return False
+    sys.path.insert(0, str(Path(root).resolve()))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # before comfy.model_management is imported: it picks the device once
+    return True
+
+
+@functools.cache
+def otcache_classes() -> dict[str, Any]:
+    """The pack's ``NODE_CLASS_MAPPINGS``, the repository imported as ComfyUI imports a custom node."""
+    _comfyui_importable()
+    pack = sys.modules.get(PACK_NAME) or load_pack(REPO, PACK_NAME)
+    return pack.NODE_CLASS_MAPPINGS
+
+
+def input_types(node_type: str) -> dict:
+    try:
+        return otcache_classes()[node_type].INPUT_TYPES()
+    except ImportError as exc:
+        raise NeedsComfyUI(f"{node_type}'s inputs come from ComfyUI ({exc}): set COMFYUI_PATH to a ComfyUI "
+                           "checkout") from exc
+
+
+def widget_values(node_type: str, values: dict[str, Any]) -> list:
+    """Widget values in the front end's order: ``values`` by input name, every other input at its default."""
+    widgets = widget_inputs(input_types(node_type))
+    unknown = set(values) - {name for name, *_ in widgets}
+    if unknown:
+        raise ValueError(f"{node_type} has no widget {sorted(unknown)}")
+    out = []
+    for name, kind, choices, options in widgets:
+        if name in values:
+            out.append(values[name])
+        elif kind == "CONTROL":
+            out.append("fixed")
+        elif "default" in options:
+            out.append(options["default"])
+        elif kind == "COMBO" and choices:
+            out.append(choices[0])  # what the front end shows for a combo without a default
+        else:
+            raise ValueError(f"{node_type}: give a value for {name!r} (it has no default)")
+    return out
+
+
+def otcache_node(w: Workflow, node_type: str, pos, width: float, **values: Any) -> int:
+    """An OTCache node with its own sockets, outputs and widgets, ``values`` overriding defaults."""
+    cls = otcache_classes()[node_type]
+    spec = input_types(node_type)
+    sockets = [(name, typ) for name, typ, _ in socket_inputs(spec)]
+    outputs = list(zip(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES, cls.RETURN_TYPES))
+    widgets = widget_values(node_type, values)
+    height = 30 + 20 * max(len(sockets), len(outputs)) + 24 * len(widgets)
+    return w.node(node_type, pos, (width, height), widgets, inputs=sockets, outputs=outputs,
+                  color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------------
 
 
 def unet_loader(w: Workflow, pos, file_name: str) -> int:
@@ -145,21 +226,12 @@ def ksampler(w: Workflow, pos, seed: int, steps: int, cfg: float, sampler: str, 
                   outputs=[("LATENT", "LATENT")])
 
 
-def otcache_schedule(w: Workflow, pos, preset: str, steps: int, budget: int, budget_as: str = "computed steps",
-                     speedup: float = 3.0, warmup_steps: int = 0, lambda_mapping: str = "linear") -> int:
-    # OTCacheSchedule: preset, steps, budget, budget_as, speedup, warmup_steps | optional: lambda_mapping
-    return w.node("OTCacheSchedule", pos, (340, 230),
-                  [preset, steps, budget, budget_as, speedup, warmup_steps, lambda_mapping],
-                  inputs=[("calibration", "OTCACHE_CALIBRATION")], outputs=SCHEDULE_OUTPUTS,
-                  color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+def otcache_schedule(w: Workflow, pos, preset: str, steps: int, budget: int, **values: Any) -> int:
+    return otcache_node(w, "OTCacheSchedule", pos, 340, preset=preset, steps=steps, budget=budget, **values)
 
 
-def otcache_apply(w: Workflow, pos, mode: str = "auto", start_percent: float = 0.0, end_percent: float = 1.0,
-                  reuse: str = "calibrated") -> int:
-    # OTCacheApply: mode, start_percent, end_percent | optional: reuse (model and schedule are sockets)
-    return w.node("OTCacheApply", pos, (320, 154), [mode, start_percent, end_percent, reuse],
-                  inputs=[("model", "MODEL"), ("schedule", "OTCACHE_SCHEDULE")], outputs=[("MODEL", "MODEL")],
-                  color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+def otcache_apply(w: Workflow, pos, **values: Any) -> int:
+    return otcache_node(w, "OTCacheApply", pos, 320, **values)
 
 
 def preview_image(w: Workflow, pos, title: str, size=(420, 300)) -> int:
@@ -180,6 +252,11 @@ def save_image(w: Workflow, pos, prefix: str) -> int:
     return w.node("SaveImage", pos, (520, 560), [prefix], inputs=[("images", "IMAGE")])
 
 
+def animated_webp(w: Workflow, pos, prefix: str, fps: float) -> int:
+    # SaveAnimatedWEBP: filename_prefix, fps, lossless, quality, method
+    return w.node("SaveAnimatedWEBP", pos, (520, 420), [prefix, fps, False, 90, "default"], inputs=[("images", "IMAGE")])
+
+
 def flux_text(w: Workflow, x: float, y: float, prompt: str) -> tuple[int, int]:
     """DualCLIPLoader -> CLIPTextEncode -> FluxGuidance (positive) and ConditioningZeroOut (negative)."""
     clip = w.node("DualCLIPLoader", (x, y), (340, 130), ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"],
@@ -197,7 +274,7 @@ def flux_text(w: Workflow, x: float, y: float, prompt: str) -> tuple[int, int]:
 
 def wire_cached_sampling(w: Workflow, model: int, positive: int, negative: int, latent: int, vae: int, *,
                          schedule: int, apply_: int, sampler: int, decode: int, save: int, strips: int,
-                         summary: int, grouped_with: tuple[int, ...] = ()) -> None:
+                         summary: int, grouped_with: tuple[int, ...] = (), negative_slot: int = 0) -> None:
     """Links of every sampling workflow: model -> OTCache Apply (with the schedule) -> KSampler -> VAE
     decode -> save, and the schedule's preview image and summary to their viewers; the OTCache nodes
     (``grouped_with`` first) in one group."""
@@ -207,7 +284,7 @@ def wire_cached_sampling(w: Workflow, model: int, positive: int, negative: int, 
     w.link(schedule, 2, summary, "source")
     w.link(apply_, 0, sampler, "model")
     w.link(positive, 0, sampler, "positive")
-    w.link(negative, 0, sampler, "negative")
+    w.link(negative, negative_slot, sampler, "negative")
     w.link(latent, 0, sampler, "latent_image")
     w.link(sampler, 0, decode, "samples")
     w.link(vae, 0, decode, "vae")
@@ -269,9 +346,7 @@ def wan21_t2v() -> dict:
     apply_ = otcache_apply(w, (840, 0))
     sampler = ksampler(w, (1200, 0), 42, 30, 6.0, "uni_pc", "simple")
     decode = vae_decode(w, (1560, 0))
-    # SaveAnimatedWEBP: filename_prefix, fps, lossless, quality, method
-    save = w.node("SaveAnimatedWEBP", (1800, 0), (520, 420), ["OTCache/wan21-t2v", 16.0, False, 90, "default"],
-                  inputs=[("images", "IMAGE")])
+    save = animated_webp(w, (1800, 0), "OTCache/wan21-t2v", 16.0)
     strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
     summary = preview_text(w, (1480, 720), "OTCache schedule summary")
     w.link(unet, 0, shift, "model")
@@ -326,16 +401,8 @@ def calibrate_flux() -> dict:
     positive, negative = flux_text(w, 0, 300, FLUX_PROMPT)
     latent = w.node("EmptySD3LatentImage", (0, 520), (340, 106), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
     vae = vae_loader(w, (0, 680), "ae.safetensors")
-    # OTCacheCalibrate: seed (no control widget: a calibration keeps its seed), samples, steps, cfg, sampler_name, scheduler,
-    # reference_budget, anchor_budget, max_segment, strength, trials, name | optional: storage, mode, overwrite,
-    # reuse_rules
-    calibrate = w.node(
-        "OTCacheCalibrate", (420, 520), (360, 504),
-        [0, 2, 28, 1.0, "euler", "simple", 0, 0, 10, "rollout", 40, "flux1-dev-28-euler-simple", "", "auto",
-         False, "hold, linear, quadratic"],
-        inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                ("latent_image", "LATENT"), ("vae", "VAE")],
-        outputs=CALIBRATE_OUTPUTS, color=(OTCACHE_COLOR, OTCACHE_BGCOLOR))
+    calibrate = otcache_node(w, "OTCacheCalibrate", (420, 520), 360, steps=28, cfg=1.0, sampler_name="euler",
+                             scheduler="simple", name="flux1-dev-28-euler-simple")
     schedule = otcache_schedule(w, (840, 520), "flux.1-dev", 28, 10)
     apply_ = otcache_apply(w, (1200, 520))
     sampler = ksampler(w, (1560, 520), 42, 28, 1.0, "euler", "simple")
@@ -358,9 +425,156 @@ def calibrate_flux() -> dict:
     return w.to_json()
 
 
+def hunyuan_video() -> dict:
+    w = Workflow()
+    w.note((0, -330), (760, 170),
+           "OTCache on HunyuanVideo T2V (720p release; the HunyuanVideo this ComfyUI runs). No published schedule "
+           "exists for this model (LeMiCa publishes HunyuanVideo-1.5's), so the preset is 'generic'; for a schedule "
+           "fitted to your setting run OTCache Calibrate once (see otcache_calibrate_flux.json).\n"
+           "Adjust: the model file names in the loaders; 'budget' in OTCache Schedule (12 of 30 steps here); "
+           "FluxGuidance is HunyuanVideo's embedded guidance (cfg stays 1.0: one model call per step).",
+           "What to adjust")
+    unet = unet_loader(w, (0, 0), "hunyuan_video_t2v_720p_bf16.safetensors")
+    shift = w.node("ModelSamplingSD3", (0, 130), (340, 58), [7.0], inputs=[("model", "MODEL")],
+                   outputs=[("MODEL", "MODEL")])
+    clip = w.node("DualCLIPLoader", (0, 300), (340, 130),
+                  ["clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors", "hunyuan_video", "default"],
+                  outputs=[("CLIP", "CLIP")])
+    encode = text_encode(w, (380, 300), "a paper boat drifting down a rain-filled street gutter, reflections of neon "
+                         "signs, slow dolly shot, shallow depth of field", "Prompt")
+    guidance = w.node("FluxGuidance", (840, 300), (300, 58), [6.0], inputs=[("conditioning", "CONDITIONING")],
+                      outputs=[("CONDITIONING", "CONDITIONING")])
+    zero = w.node("ConditioningZeroOut", (840, 410), (300, 26), [], inputs=[("conditioning", "CONDITIONING")],
+                  outputs=[("CONDITIONING", "CONDITIONING")], title="Negative (unused at cfg 1.0)")
+    latent = w.node("EmptyHunyuanLatentVideo", (0, 520), (340, 130), [848, 480, 73, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 700), "hunyuan_video_vae_bf16.safetensors")
+    schedule = otcache_schedule(w, (420, -40), "generic", 30, 12)
+    apply_ = otcache_apply(w, (840, 0))
+    sampler = ksampler(w, (1200, 0), 42, 30, 1.0, "euler", "simple")
+    # VAEDecodeTiled: tile_size, overlap, temporal_size, temporal_overlap (a 73-frame 720p decode needs tiles)
+    decode = w.node("VAEDecodeTiled", (1560, 0), (270, 150), [256, 64, 64, 8], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                    outputs=[("IMAGE", "IMAGE")])
+    save = animated_webp(w, (1880, 0), "OTCache/hunyuan-video", 24.0)
+    strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
+    summary = preview_text(w, (1480, 720), "OTCache schedule summary")
+    w.link(unet, 0, shift, "model")
+    w.link(clip, 0, encode, "clip")
+    w.link(encode, 0, guidance, "conditioning")
+    w.link(encode, 0, zero, "conditioning")
+    wire_cached_sampling(w, shift, guidance, zero, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
+                         decode=decode, save=save, strips=strips, summary=summary)
+    return w.to_json()
+
+
+def wan22_t2v() -> dict:
+    w = Workflow()
+    w.note((0, -380), (900, 190),
+           "OTCache on Wan 2.2 T2V A14B: the high-noise model samples steps 0-10 of 20 and the low-noise model "
+           "steps 10-20, in two KSamplerAdvanced. Each model has its own OTCache Apply and Schedule: every sampling "
+           "run is scheduled on its own 10 steps (here 6 of 10 computed on the high-noise run, where the layout "
+           "forms, and 4 of 10 on the low-noise run).\nNo published schedule exists for Wan 2.2; the presets are "
+           "Wan 2.1 14B's (same architecture); calibrate each model for fitted ones.\nAdjust: the model file "
+           "names; the budgets; the split step (end_at_step of the first sampler = start_at_step of the second).",
+           "What to adjust")
+    clip = clip_loader(w, (0, 300), "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan")
+    positive = text_encode(w, (380, 300), "a hummingbird hovering at a red hibiscus flower, wings blurred, morning "
+                           "dew, macro shot, slow motion", "Positive prompt")
+    negative = text_encode(w, (380, 500), "blurry, low quality, static, overexposed, distorted, deformed, watermark, "
+                           "subtitles, jpeg artifacts", "Negative prompt")
+    latent = w.node("EmptyHunyuanLatentVideo", (0, 720), (340, 130), [640, 640, 81, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 900), "wan_2.1_vae.safetensors")
+    w.link(clip, 0, positive, "clip")
+    w.link(clip, 0, negative, "clip")
+    samplers = []
+    for row, (noise, budget, start, end, add_noise, leftover) in enumerate(
+            (("high", 6, 0, 10, "enable", "enable"), ("low", 4, 10, 10000, "disable", "disable"))):
+        x0, y = 900, -40 + row * 1100
+        unet = unet_loader(w, (x0, y + 40), f"wan2.2_t2v_{noise}_noise_14B_fp8_scaled.safetensors")
+        shift = w.node("ModelSamplingSD3", (x0, y + 170), (340, 58), [8.0], inputs=[("model", "MODEL")],
+                       outputs=[("MODEL", "MODEL")])
+        schedule = otcache_schedule(w, (x0 + 380, y), "wan2.1-t2v-14b", 10, budget)
+        apply_ = otcache_apply(w, (x0 + 760, y + 40))
+        # KSamplerAdvanced: add_noise, noise_seed, <control_after_generate>, steps, cfg, sampler_name, scheduler,
+        # start_at_step, end_at_step, return_with_leftover_noise
+        sampler = w.node("KSamplerAdvanced", (x0 + 1120, y + 40), (320, 334),
+                         [add_noise, 42, "fixed", 20, 3.5, "euler", "simple", start, end, leftover],
+                         inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                 ("latent_image", "LATENT")],
+                         outputs=[("LATENT", "LATENT")], title=f"KSamplerAdvanced ({noise} noise, steps {start}-"
+                         f"{min(end, 20)})")
+        strips = preview_image(w, (x0 + 380, y + 330), f"OTCache schedule preview ({noise} noise)", size=(560, 260))
+        summary = preview_text(w, (x0 + 960, y + 420), f"OTCache schedule summary ({noise} noise)")
+        w.link(unet, 0, shift, "model")
+        w.link(shift, 0, apply_, "model")
+        w.link(schedule, 0, apply_, "schedule")
+        w.link(schedule, 1, strips, "images")
+        w.link(schedule, 2, summary, "source")
+        w.link(apply_, 0, sampler, "model")
+        w.link(positive, 0, sampler, "positive")
+        w.link(negative, 0, sampler, "negative")
+        w.link(samplers[-1] if samplers else latent, 0, sampler, "latent_image")
+        w.group(f"OTCache ({noise} noise)", [schedule, apply_])
+        samplers.append(sampler)
+    decode = vae_decode(w, (2600, 1100))
+    save = animated_webp(w, (2600, 1200), "OTCache/wan22-t2v", 16.0)
+    w.link(samplers[-1], 0, decode, "samples")
+    w.link(vae, 0, decode, "vae")
+    w.link(decode, 0, save, "images")
+    return w.to_json()
+
+
+def flux1_dev_controlnet() -> dict:
+    w = Workflow()
+    w.note((0, -330), (860, 170),
+           "OTCache on FLUX.1-dev with a ControlNet (canny edges of the input image): 28 steps, 10 computed. At "
+           "the steps OTCache reuses, the ControlNet's outputs only feed blocks that do not run.\n"
+           "Adjust: the model file names (the ControlNet file is XLabs' FLUX canny ControlNet v3; no ComfyUI "
+           "template names a FLUX ControlNet; any FLUX ControlNet loads here, an InstantX/Union one also needs the "
+           "VAE connected to Apply ControlNet); the image; strength and end_percent of Apply ControlNet; "
+           "'budget' in OTCache Schedule.",
+           "What to adjust")
+    unet = unet_loader(w, (0, 0), "flux1-dev.safetensors")
+    positive, negative = flux_text(w, 0, 300, "a lighthouse on a rocky coast at sunset, dramatic clouds, crashing "
+                                   "waves, oil painting")
+    # LoadImage: image, <upload>; ComfyUI's input folder ships example.png
+    image = w.node("LoadImage", (0, 520), (340, 320), ["example.png", "image"],
+                   outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")])
+    canny = w.node("Canny", (380, 520), (300, 82), [0.2, 0.5], inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")])
+    control = w.node("ControlNetLoader", (380, 660), (340, 58), ["flux-canny-controlnet-v3.safetensors"],
+                     outputs=[("CONTROL_NET", "CONTROL_NET")])
+    # ControlNetApplyAdvanced: strength, start_percent, end_percent (vae is an optional socket)
+    apply_control = w.node("ControlNetApplyAdvanced", (1180, 300), (320, 186), [0.7, 0.0, 0.8],
+                           inputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                                   ("control_net", "CONTROL_NET"), ("image", "IMAGE"), ("vae", "VAE")],
+                           outputs=[("positive", "CONDITIONING"), ("negative", "CONDITIONING")])
+    latent = w.node("EmptySD3LatentImage", (0, 880), (340, 106), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
+    vae = vae_loader(w, (0, 1040), "ae.safetensors")
+    edges = preview_image(w, (760, 520), "Canny edges", size=(360, 360))
+    schedule = otcache_schedule(w, (420, -40), "flux.1-dev", 28, 10)
+    apply_ = otcache_apply(w, (840, 0))
+    sampler = ksampler(w, (1560, 0), 42, 28, 1.0, "euler", "simple")
+    decode = vae_decode(w, (1920, 0))
+    save = save_image(w, (2160, 0), "OTCache/flux1-dev-controlnet")
+    strips = preview_image(w, (1180, 560), "OTCache schedule preview", size=(560, 260))
+    summary = preview_text(w, (1760, 560), "OTCache schedule summary")
+    w.link(image, 0, canny, "image")
+    w.link(canny, 0, edges, "images")
+    w.link(positive, 0, apply_control, "positive")
+    w.link(negative, 0, apply_control, "negative")
+    w.link(control, 0, apply_control, "control_net")
+    w.link(canny, 0, apply_control, "image")
+    wire_cached_sampling(w, unet, apply_control, apply_control, latent, vae, schedule=schedule, apply_=apply_,
+                         sampler=sampler, decode=decode, save=save, strips=strips, summary=summary,
+                         negative_slot=1)
+    return w.to_json()
+
+
 WORKFLOWS = {
     "otcache_flux1_dev.json": flux1_dev,
+    "otcache_flux1_dev_controlnet.json": flux1_dev_controlnet,
     "otcache_wan21_t2v.json": wan21_t2v,
+    "otcache_wan22_t2v_14b.json": wan22_t2v,
+    "otcache_hunyuan_video.json": hunyuan_video,
     "otcache_qwen_image.json": qwen_image,
     "otcache_calibrate_flux.json": calibrate_flux,
 }
@@ -372,20 +586,26 @@ def render(build) -> str:
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    stale = []
+    stale, failed = [], []
     for name, build in WORKFLOWS.items():
         path = HERE / name
-        text = render(build)
+        try:
+            text = render(build)
+        except NeedsComfyUI as exc:
+            failed.append(f"{name}: {exc}")
+            continue
         if check:
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 stale.append(name)
         else:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
+    for line in failed:
+        print(f"not built: {line}", file=sys.stderr)
     if stale:
         print("out of date (run python tools/build_workflows.py): " + ", ".join(stale))
         return 1
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@
 Everything lives in a temporary base directory (``--base-directory``): ``custom_nodes/otcache`` is a
 link to this repository, ``custom_nodes/otcache_test_nodes`` the test-only nodes of ``helper_nodes/``,
 ``models/diffusion_models/tiny_wan.safetensors`` a tiny Wan 2.1 that ComfyUI's own loader recognises,
-and the front end's settings mark its first-run tour as done (otherwise a template dialog covers the
-page). Nothing is written into the ComfyUI checkout.
+``input/example.png`` the checkout's example image, and the front end's settings mark its first-run
+tour as done. Nothing is written into the ComfyUI checkout.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HELPER_NODES = Path(__file__).resolve().parent / "helper_nodes"
 TINY_WAN = "tiny_wan.safetensors"
-FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
+FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
+"""The first-run template dialog would cover the page; the minimap would cover part of the canvas."""
 
 
 class ServerError(RuntimeError):
@@ -102,7 +104,7 @@ def save_tiny_wan(path: Path) -> None:
     save_file(state, str(path))
 
 
-def prepare_base(base: Path) -> None:
+def prepare_base(base: Path, comfyui_root: Path) -> None:
     """The base directory layout described in the module docstring."""
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "otcache").symlink_to(REPO, target_is_directory=True)
@@ -110,6 +112,10 @@ def prepare_base(base: Path) -> None:
     models = base / "models" / "diffusion_models"
     models.mkdir(parents=True)
     save_tiny_wan(models / TINY_WAN)
+    (base / "input").mkdir()
+    example = comfyui_root / "input" / "example.png"
+    if example.is_file():  # the image the ControlNet workflow loads
+        shutil.copyfile(example, base / "input" / example.name)
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(json.dumps(FRONTEND_SETTINGS), encoding="utf-8")

@@ -222,7 +222,7 @@ def comfy_server(tmp_path_factory, comfyui_root, tiny):
     from .comfy_server import prepare_base, start_server
 
     base = tmp_path_factory.mktemp("comfy_base")
-    prepare_base(base)
+    prepare_base(base, comfyui_root)
     server = start_server(comfyui_root, base)
     yield server
     server.stop()
