@@ -21,10 +21,13 @@ from workflow_rules import FRONTEND_ONLY, load, socket_inputs, widget_inputs, wi
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = sorted((REPO / "workflows").glob("*.json"))
-#: COMBO widgets whose choices are the model files of this installation: not checked against the list.
+#: COMBO widgets whose choices are the files of this installation (models, input images): not checked
+#: against the list, only for the file type.
 FILE_WIDGETS = {
-    ("UNETLoader", "unet_name"), ("CLIPLoader", "clip_name"), ("DualCLIPLoader", "clip_name1"),
-    ("DualCLIPLoader", "clip_name2"), ("VAELoader", "vae_name"),
+    ("UNETLoader", "unet_name"): ".safetensors", ("CLIPLoader", "clip_name"): ".safetensors",
+    ("DualCLIPLoader", "clip_name1"): ".safetensors", ("DualCLIPLoader", "clip_name2"): ".safetensors",
+    ("VAELoader", "vae_name"): ".safetensors", ("ControlNetLoader", "control_net_name"): ".safetensors",
+    ("LoadImage", "image"): ".png",
 }
 FAILED_EXTRAS: list[str] = []
 
@@ -130,7 +133,7 @@ def test_widget_values_match_input_types(path, input_types):
         # model-file lists depend on this installation: only their file type is checked
         problems += widget_problems(node, widgets, check_choices=lambda name: (node["type"], name) not in FILE_WIDGETS)
         for value, (name, *_rest) in zip(node["widgets_values"], widgets):
-            if (node["type"], name) in FILE_WIDGETS and not str(value).endswith(".safetensors"):
+            if (node["type"], name) in FILE_WIDGETS and not str(value).endswith(FILE_WIDGETS[node["type"], name]):
                 problems.append(f"node {node['id']} ({node['type']}): {name} = {value!r}")
     assert not problems, "\n".join(problems)
 
