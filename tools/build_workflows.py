@@ -273,11 +273,16 @@ def flux_text(w: Workflow, x: float, y: float, prompt: str) -> tuple[int, int]:
 
 
 def wire_cached_sampling(w: Workflow, model: int, positive: int, negative: int, latent: int, vae: int, *,
-                         schedule: int, apply_: int, sampler: int, decode: int, save: int, strips: int,
-                         summary: int, grouped_with: tuple[int, ...] = (), negative_slot: int = 0) -> None:
-    """Links of every sampling workflow: model -> OTCache Apply (with the schedule) -> KSampler -> VAE
-    decode -> save, and the schedule's preview image and summary to their viewers; the OTCache nodes
-    (``grouped_with`` first) in one group."""
+                         schedule: int, sampler: int, decode: int, save: int, apply_at: tuple[float, float],
+                         previews_at: tuple[float, float], grouped_with: tuple[int, ...] = (),
+                         negative_slot: int = 0) -> int:
+    """The part every sampling workflow shares: OTCache Apply (at ``apply_at``) between the model and the
+    sampler, then VAE decode and save; the schedule's preview image and summary side by side at
+    ``previews_at``; the OTCache nodes (``grouped_with`` first) in one group. Returns the Apply node."""
+    apply_ = otcache_apply(w, apply_at)
+    x, y = previews_at
+    strips = preview_image(w, (x, y), "OTCache schedule preview", size=(560, 260))
+    summary = preview_text(w, (x + 580, y), "OTCache schedule summary")
     w.link(model, 0, apply_, "model")
     w.link(schedule, 0, apply_, "schedule")
     w.link(schedule, 1, strips, "images")
@@ -290,6 +295,7 @@ def wire_cached_sampling(w: Workflow, model: int, positive: int, negative: int, 
     w.link(vae, 0, decode, "vae")
     w.link(decode, 0, save, "images")
     w.group("OTCache", [*grouped_with, schedule, apply_])
+    return apply_
 
 
 FLUX_PROMPT = ("a red fox sitting in a snowy birch forest at dawn, soft golden light, mist between the trees, "
@@ -313,14 +319,11 @@ def flux1_dev() -> dict:
     latent = w.node("EmptySD3LatentImage", (0, 520), (340, 106), [1024, 1024, 1], outputs=[("LATENT", "LATENT")])
     vae = vae_loader(w, (0, 680), "ae.safetensors")
     schedule = otcache_schedule(w, (420, -40), "flux.1-dev", 28, 10)
-    apply_ = otcache_apply(w, (840, 0))
     sampler = ksampler(w, (1200, 0), 42, 28, 1.0, "euler", "simple")
     decode = vae_decode(w, (1560, 0))
     save = save_image(w, (1800, 0), "OTCache/flux1-dev")
-    strips = preview_image(w, (420, 560), "OTCache schedule preview", size=(560, 260))
-    summary = preview_text(w, (1000, 560), "OTCache schedule summary")
-    wire_cached_sampling(w, unet, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
-                         decode=decode, save=save, strips=strips, summary=summary)
+    wire_cached_sampling(w, unet, positive, negative, latent, vae, schedule=schedule, sampler=sampler,
+                         decode=decode, save=save, apply_at=(840, 0), previews_at=(420, 560))
     return w.to_json()
 
 
@@ -343,17 +346,14 @@ def wan21_t2v() -> dict:
     latent = w.node("EmptyHunyuanLatentVideo", (0, 720), (340, 130), [832, 480, 33, 1], outputs=[("LATENT", "LATENT")])
     vae = vae_loader(w, (0, 900), "wan_2.1_vae.safetensors")
     schedule = otcache_schedule(w, (420, -40), "wan2.1-t2v-1.3b", 50, 20)
-    apply_ = otcache_apply(w, (840, 0))
     sampler = ksampler(w, (1200, 0), 42, 30, 6.0, "uni_pc", "simple")
     decode = vae_decode(w, (1560, 0))
     save = animated_webp(w, (1800, 0), "OTCache/wan21-t2v", 16.0)
-    strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
-    summary = preview_text(w, (1480, 720), "OTCache schedule summary")
     w.link(unet, 0, shift, "model")
     w.link(clip, 0, positive, "clip")
     w.link(clip, 0, negative, "clip")
-    wire_cached_sampling(w, shift, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
-                         decode=decode, save=save, strips=strips, summary=summary)
+    wire_cached_sampling(w, shift, positive, negative, latent, vae, schedule=schedule, sampler=sampler,
+                         decode=decode, save=save, apply_at=(840, 0), previews_at=(900, 720))
     return w.to_json()
 
 
@@ -375,17 +375,14 @@ def qwen_image() -> dict:
     latent = w.node("EmptySD3LatentImage", (0, 720), (340, 106), [1328, 1328, 1], outputs=[("LATENT", "LATENT")])
     vae = vae_loader(w, (0, 880), "qwen_image_vae.safetensors")
     schedule = otcache_schedule(w, (420, -40), "qwen-image", 30, 12, budget_as="speedup", speedup=2.5)
-    apply_ = otcache_apply(w, (840, 0))
     sampler = ksampler(w, (1200, 0), 42, 30, 2.5, "euler", "simple")
     decode = vae_decode(w, (1560, 0))
     save = save_image(w, (1800, 0), "OTCache/qwen-image")
-    strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
-    summary = preview_text(w, (1480, 720), "OTCache schedule summary")
     w.link(unet, 0, shift, "model")
     w.link(clip, 0, positive, "clip")
     w.link(clip, 0, negative, "clip")
-    wire_cached_sampling(w, shift, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
-                         decode=decode, save=save, strips=strips, summary=summary)
+    wire_cached_sampling(w, shift, positive, negative, latent, vae, schedule=schedule, sampler=sampler,
+                         decode=decode, save=save, apply_at=(840, 0), previews_at=(900, 720))
     return w.to_json()
 
 
@@ -404,24 +401,20 @@ def calibrate_flux() -> dict:
     calibrate = otcache_node(w, "OTCacheCalibrate", (420, 520), 360, steps=28, cfg=1.0, sampler_name="euler",
                              scheduler="simple", name="flux1-dev-28-euler-simple")
     schedule = otcache_schedule(w, (840, 520), "flux.1-dev", 28, 10)
-    apply_ = otcache_apply(w, (1200, 520))
     sampler = ksampler(w, (1560, 520), 42, 28, 1.0, "euler", "simple")
     decode = vae_decode(w, (1920, 520))
     save = save_image(w, (2160, 520), "OTCache/flux1-dev-calibrated")
-    cal_strips = preview_image(w, (420, 1060), "Calibration preview", size=(560, 420))
-    cal_summary = preview_text(w, (1000, 1060), "Calibration summary")
-    strips = preview_image(w, (1440, 1060), "Schedule preview", size=(560, 260))
-    summary = preview_text(w, (2020, 1060), "Schedule summary")
+    cal_summary = preview_text(w, (840, 820), "Calibration summary")  # its preview image shows on the node
     w.link(unet, 0, calibrate, "model")
     w.link(positive, 0, calibrate, "positive")
     w.link(negative, 0, calibrate, "negative")
     w.link(latent, 0, calibrate, "latent_image")
     w.link(vae, 0, calibrate, "vae")
     w.link(calibrate, 0, schedule, "calibration")
-    w.link(calibrate, 1, cal_strips, "images")
     w.link(calibrate, 2, cal_summary, "source")
-    wire_cached_sampling(w, unet, positive, negative, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
-                         decode=decode, save=save, strips=strips, summary=summary, grouped_with=(calibrate,))
+    wire_cached_sampling(w, unet, positive, negative, latent, vae, schedule=schedule, sampler=sampler,
+                         decode=decode, save=save, apply_at=(1200, 520), previews_at=(1440, 820),
+                         grouped_with=(calibrate,))
     return w.to_json()
 
 
@@ -449,20 +442,17 @@ def hunyuan_video() -> dict:
     latent = w.node("EmptyHunyuanLatentVideo", (0, 520), (340, 130), [848, 480, 73, 1], outputs=[("LATENT", "LATENT")])
     vae = vae_loader(w, (0, 700), "hunyuan_video_vae_bf16.safetensors")
     schedule = otcache_schedule(w, (420, -40), "generic", 30, 12)
-    apply_ = otcache_apply(w, (840, 0))
     sampler = ksampler(w, (1200, 0), 42, 30, 1.0, "euler", "simple")
     # VAEDecodeTiled: tile_size, overlap, temporal_size, temporal_overlap (a 73-frame 720p decode needs tiles)
     decode = w.node("VAEDecodeTiled", (1560, 0), (270, 150), [256, 64, 64, 8], inputs=[("samples", "LATENT"), ("vae", "VAE")],
                     outputs=[("IMAGE", "IMAGE")])
     save = animated_webp(w, (1880, 0), "OTCache/hunyuan-video", 24.0)
-    strips = preview_image(w, (900, 720), "OTCache schedule preview", size=(560, 260))
-    summary = preview_text(w, (1480, 720), "OTCache schedule summary")
     w.link(unet, 0, shift, "model")
     w.link(clip, 0, encode, "clip")
     w.link(encode, 0, guidance, "conditioning")
     w.link(encode, 0, zero, "conditioning")
-    wire_cached_sampling(w, shift, guidance, zero, latent, vae, schedule=schedule, apply_=apply_, sampler=sampler,
-                         decode=decode, save=save, strips=strips, summary=summary)
+    wire_cached_sampling(w, shift, guidance, zero, latent, vae, schedule=schedule, sampler=sampler,
+                         decode=decode, save=save, apply_at=(840, 0), previews_at=(900, 720))
     return w.to_json()
 
 
@@ -551,21 +541,17 @@ def flux1_dev_controlnet() -> dict:
     vae = vae_loader(w, (0, 1040), "ae.safetensors")
     edges = preview_image(w, (760, 520), "Canny edges", size=(360, 360))
     schedule = otcache_schedule(w, (420, -40), "flux.1-dev", 28, 10)
-    apply_ = otcache_apply(w, (840, 0))
     sampler = ksampler(w, (1560, 0), 42, 28, 1.0, "euler", "simple")
     decode = vae_decode(w, (1920, 0))
     save = save_image(w, (2160, 0), "OTCache/flux1-dev-controlnet")
-    strips = preview_image(w, (1180, 560), "OTCache schedule preview", size=(560, 260))
-    summary = preview_text(w, (1760, 560), "OTCache schedule summary")
     w.link(image, 0, canny, "image")
     w.link(canny, 0, edges, "images")
     w.link(positive, 0, apply_control, "positive")
     w.link(negative, 0, apply_control, "negative")
     w.link(control, 0, apply_control, "control_net")
     w.link(canny, 0, apply_control, "image")
-    wire_cached_sampling(w, unet, apply_control, apply_control, latent, vae, schedule=schedule, apply_=apply_,
-                         sampler=sampler, decode=decode, save=save, strips=strips, summary=summary,
-                         negative_slot=1)
+    wire_cached_sampling(w, unet, apply_control, apply_control, latent, vae, schedule=schedule, sampler=sampler,
+                         decode=decode, save=save, apply_at=(840, 0), previews_at=(1180, 560), negative_slot=1)
     return w.to_json()
 
 
