@@ -50,4 +50,3 @@ def find_preset(name: str) -> tuple[str, Path]:
 def load_named_preset(name: str) -> Calibration:
     """Load the preset called ``name`` (or the one a former id ``name`` was renamed to)."""
     return load_preset(find_preset(name)[1])
-

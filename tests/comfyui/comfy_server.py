@@ -75,6 +75,17 @@ class ComfyServer:
             time.sleep(0.5)
         raise ServerError(f"prompt {prompt_id} did not finish in {timeout:.0f} s:\n{self.log()[-3000:]}")
 
+    def wait_idle(self, timeout: float = 300) -> dict:
+        """Wait until the queue is empty; the history entry of the last prompt that ran."""
+        deadline = time.time() + timeout
+        while True:
+            queue = self.get("/queue")
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                return self.get("/history?max_items=1")
+            if time.time() > deadline:
+                raise ServerError(f"the queue did not empty in {timeout:.0f} s:\n{self.log()[-3000:]}")
+            time.sleep(0.5)
+
     def stop(self) -> None:
         self.process.terminate()
         try:

@@ -14,7 +14,6 @@ the screenshots also become the workflow thumbnails and the README's pictures.
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def tiny_wan_workflow(preset: str, calibrate: bool) -> dict:
     w = b.Workflow()
     w.note((0, -200), (560, 120), "Test workflow: a tiny Wan 2.1 and test-only conditioning nodes.", "About")
     unet = b.unet_loader(w, (0, 0), TINY_WAN)
-    conds = [w.node("OTCacheTestConditioning", (0, 130 + 110 * k), (300, 82), [k + 1, "fixed"],
+    conds = [w.node("OTCacheTestConditioning", (0, 120 + 120 * k), (300, 82), [k + 1, "fixed"],
                     outputs=[("CONDITIONING", "CONDITIONING")], title=title)
              for k, title in enumerate(("Positive (test)", "Negative (test)"))]
     latent = w.node("EmptyHunyuanLatentVideo", (0, 370), (300, 130), [32, 32, 1, 1], outputs=[("LATENT", "LATENT")])
@@ -179,15 +178,20 @@ def node_id(workflow: dict, title: str) -> int:
 
 
 def run_on_the_page(page: web.ComfyPage, server, workflow: dict, name: str) -> str:
-    """Drop ``workflow``, click Run, and return the server log once OTCache has reported the run."""
-    page.drop_workflow(workflow, name)
+    """Drop ``workflow`` and click Run; once the prompt has finished without errors (dialogs, toasts, page
+    errors or a failed status), the server log, which must hold a new OTCache report line."""
     errors_before = len(page.errors)
+    page.drop_workflow(workflow, name)
     assert_clean(page, errors_before)
     reports_before = server.log().count(REPORT)
     page.click_run()
     log = web.poll(server.log, lambda text: text.count(REPORT) > reports_before, timeout=240)
     assert log.count(REPORT) > reports_before, f"no OTCache report in the server log:\n{log[-3000:]}"
-    return log
+    (last,) = server.wait_idle().values()
+    assert last["status"]["status_str"] == "success", server.log()[-3000:]
+    page.page.wait_for_timeout(1000)  # the page receives the outputs and redraws
+    assert_clean(page, errors_before)
+    return server.log()
 
 
 def test_run_clicked_on_the_page_samples_with_otcache_and_shows_the_previews(page, comfy_server, shots):
@@ -199,8 +203,6 @@ def test_run_clicked_on_the_page_samples_with_otcache_and_shows_the_previews(pag
     calibration = page.wait_for_node_image(node_id(workflow, "OTCacheCalibrate"))
     assert strips["width"] > 100 and calibration["width"] > 100
     assert "type=temp" in strips["src"] and "type=temp" in calibration["src"]
-    page.page.wait_for_timeout(1000)  # the summary text and the canvas redraw
-    assert_clean(page, len(page.errors))
     page.fit_view()
     screenshot = page.screenshot(shots / "run.png", clip=web.CANVAS_CLIP)
     if WRITE_IMAGES:
