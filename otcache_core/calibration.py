@@ -218,9 +218,9 @@ class Calibration:
 
         lines = [
             f"calibration {self.name!r}: {self.model.get('family', 'unknown family')}, T={self.steps}",
-            self.description(),
             f"reference ({ref.method}) B={ref.schedule.budget}: {list(ref.schedule.compute_steps)}{rules(ref)}",
             f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}{rules(anc)}",
+            self.description(),
         ]
         if not self.has_rules:
             lines.append("reuse rules: none measured (a file from before rules): every reused step holds")
