@@ -14,7 +14,7 @@ from ..otcache_core.errors import OTCacheError
 from ..otcache_core.figures import schedule_strips
 from ..otcache_core.interpolation import LAMBDA_MAPPINGS
 from ..otcache_core.plan import BudgetRule, SchedulePlan
-from .storage import find_preset, load_named_preset, preset_descriptions
+from .storage import NO_PRESETS, find_preset, load_named_preset, preset_descriptions
 
 BUDGET_AS = ("computed steps", "speedup")
 
@@ -80,8 +80,8 @@ class OTCacheSchedule:
 
     @classmethod
     def INPUT_TYPES(cls):
-        described = preset_descriptions()
-        names = list(described) or ["(no presets found)"]
+        described = preset_descriptions()  # one listing: each bad user file is reported once
+        names = list(described) or [NO_PRESETS]
         default = "flux.1-dev" if "flux.1-dev" in names else names[0]
         listing = "\n".join(f"{name}: {text}" for name, text in described.items())
         return {

@@ -9,6 +9,8 @@ from ..otcache_core.errors import OTCacheError
 from ..otcache_core.presets import describe_preset, list_presets, load_preset, resolve_preset_name
 
 USER_FOLDER = "otcache"
+NO_PRESETS = "(no presets found)"
+"""The preset list's only entry when no file is listed (a combo cannot be empty)."""
 
 
 def user_calibration_dir() -> Path:
@@ -25,6 +27,10 @@ def preset_files() -> dict[str, Path]:
     except ImportError:  # imported outside ComfyUI (tools, CI): there is no user folder
         return list_presets()
     return list_presets(folder) if folder.is_dir() else list_presets()  # no folder yet: nothing saved
+
+
+def preset_names() -> list[str]:
+    return list(preset_files()) or [NO_PRESETS]
 
 
 def preset_descriptions() -> dict[str, str]:
