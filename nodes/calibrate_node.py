@@ -42,6 +42,7 @@ from ..otcache_core.runtime import step_index
 from ..otcache_core.schedule import Schedule
 from .apply_node import apply_otcache
 from .cache_hooks import RUN_KEY, add_report_listener
+from .calibration_prompts import prompt_sampler
 from .families import model_identity
 from .previews import temp_preview
 from .schedule_node import as_comfy_image
@@ -195,8 +196,8 @@ def latent_objective(vae: Any, model: Any) -> tuple[str, Callable[[torch.Tensor,
     return objective.name, distance, objective.note
 
 
-def _fingerprint(model: Any, positive: Any, negative: Any, latent: torch.Tensor) -> str:
-    """A cheap identity of the weights, LoRA patches and conditioning: part of the resume key."""
+def _fingerprint(model: Any, positives: Sequence[Any], negative: Any, latent: torch.Tensor) -> str:
+    """A cheap identity of the weights, LoRA patches and conditionings: part of the resume key."""
     digest = hashlib.sha256()
     state = model.model.diffusion_model.state_dict()
     names = sorted(state)
@@ -204,7 +205,7 @@ def _fingerprint(model: Any, positive: Any, negative: Any, latent: torch.Tensor)
         digest.update(name.encode())
         digest.update(state[name].detach().flatten()[:4096].float().cpu().numpy().tobytes())
     digest.update(str(getattr(model, "patches_uuid", "")).encode())
-    for cond in (positive, negative):
+    for cond in (*positives, negative):
         for item in cond or []:
             digest.update(item[0].detach().flatten()[:65536].float().cpu().numpy().tobytes())
     digest.update(str(tuple(latent.shape)).encode())
@@ -350,9 +351,14 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
                     name: str = "my-calibration", vae: Any = None, storage: str = "", mode: str = "auto",
                     overwrite: bool = False, folder: Path | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    rules: Sequence[str] = DEFAULT_RULES) -> tuple[Calibration, np.ndarray, str, Path | None]:
+                    rules: Sequence[str] = DEFAULT_RULES, clip: Any = None,
+                    prompts: str = "") -> tuple[Calibration, np.ndarray, str, Path | None]:
     """Calibrate, save and describe; returns ``(record, preview RGB, summary text, saved path)``; the path is
-    ``None`` when the folder could not be written (the summary says why)."""
+    ``None`` when the folder could not be written (the summary says why).
+
+    The samples are ``positive`` plus each line of ``prompts`` (encoded with ``clip``), each with the
+    seeds ``seed .. seed + samples - 1``; see :mod:`.calibration_prompts`.
+    """
     auto_ref, auto_anchor = default_budgets(max(steps, MIN_STEPS))
     reference_budget = reference_budget or auto_ref
     anchor_budget = anchor_budget or min(auto_anchor, reference_budget - 1)
@@ -362,13 +368,15 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         raise OTCacheError("'samples' must be at least 1")
     folder = folder or user_calibration_dir()
     seeds = [seed + k for k in range(samples)]
-    sampler = ComfyCalibrationSampler(model, positive, negative, latent, seeds, steps, cfg, sampler_name, scheduler,
-                                      mode)
+    sampler, prompt_labels, positives = prompt_sampler(
+        lambda cond: ComfyCalibrationSampler(model, cond, negative, latent, seeds, steps, cfg, sampler_name, scheduler,
+                                             mode),
+        positive, clip, prompts)
     T = sampler.steps
     if T != steps:
         log.info("OTCache Calibrate: the %s sampler runs %d steps for steps=%d", sampler_name, T, steps)
     identity = model_identity(model)
-    key = settings_key(identity, _fingerprint(model, positive, negative, sampler.latent_image), seeds, T, cfg,
+    key = settings_key(identity, _fingerprint(model, positives, negative, sampler.latent_image), seeds, T, cfg,
                        sampler_name, scheduler, strength, max_segment, mode)
     rules = rule_names(rules)
     total = 1 + (len(rules) * (T - 1) if strength != "drift" else 0) + trials
@@ -384,8 +392,8 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
 
     estimate = estimated_edge_calls(strength, T, max_segment, rules)
     log.info("OTCache Calibrate: %s edges at T=%d, K=%d under reuse rules %s will cost about %d model calls per "
-             "batch (%.1f full generations); then %d anchor trials", strength, T, max_segment, ", ".join(rules),
-             estimate, estimate / T, trials)
+             "batch (%.1f full generations) for each of %d prompt(s); then %d anchor trials", strength, T, max_segment,
+             ", ".join(rules), estimate, estimate / T, len(positives), trials)
     objective_name, distance, objective_note = latent_objective(vae, model)
     checkpoint, storage_url, warnings = resumable_state(folder / ".work", key, T, storage)
     settings = CalibrationSettings(
@@ -399,7 +407,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         sampler, settings, distance=distance, objective_name=objective_name, name=name,
         model={**identity, "families": [identity["family"]]},
         sampler_info={"sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "steps": T, "seeds": seeds,
-                      "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},
+                      "prompts": prompt_labels, "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},
         progress=on_progress, checkpoint=checkpoint, log=lambda msg: log.info("OTCache Calibrate: %s", msg),
     )
     record = outcome.calibration
@@ -422,6 +430,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         record.summary(),
         f"cost: {sum(calls.values())} model calls, {seconds:.1f} s  ("
         + ", ".join(f"{stage} {calls.get(stage, 0)} calls / {secs.get(stage, 0):.1f} s" for stage in calls) + ")",
+        f"calibrated on {len(positives)} prompt(s) x {len(seeds)} seed(s): {', '.join(prompt_labels)}",
         f"edge strength {strength} (K={max_segment}), reuse rules {', '.join(rules)}: estimated {estimate} calls "
         f"per batch before it ran",
         f"reference worst segment {record.reference.score:.4g}; anchor {objective_name} {record.anchor.score:.4g} "
@@ -460,7 +469,7 @@ class OTCacheCalibrate:
                 "latent_image": ("LATENT", {"tooltip": "The size to calibrate at (an empty latent)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "First calibration seed. Kept fixed: a new seed means a new calibration."}),
-                "samples": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Calibration samples: seeds seed .. seed+samples-1."}),
+                "samples": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Calibration samples per prompt: seeds seed .. seed+samples-1."}),
                 "steps": ("INT", {"default": 30, "min": MIN_STEPS, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
@@ -478,12 +487,14 @@ class OTCacheCalibrate:
                 "mode": (["auto", "blocks", "model"], {"default": "auto"}),
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing calibration of the same name."}),
                 "reuse_rules": ("STRING", {"default": ", ".join(DEFAULT_RULES), "tooltip": "Reuse rules measured on every segment; each segment keeps the one that did best. hold: the last computed output; linear / quadratic: extrapolated along sigma; meancacheK (e.g. meancache3): MeanCache's average-velocity correction. Each rule costs about one more rollout pass."}),
+                "clip": ("CLIP", {"tooltip": "The text encoder that encodes 'prompts' (as CLIP Text Encode does)."}),
+                "prompts": ("STRING", {"default": "", "multiline": True, "tooltip": "More prompts to calibrate on, one per line, encoded with 'clip'; each runs every seed, next to the connected positive. The published step caches calibrate on tens of prompts."}),
             },
         }
 
     def calibrate(self, model, positive, negative, latent_image, seed, samples, steps, cfg, sampler_name, scheduler,
                   reference_budget, anchor_budget, max_segment, strength, trials, name, vae=None, storage="",
-                  mode="auto", overwrite=False, reuse_rules=", ".join(DEFAULT_RULES)):
+                  mode="auto", overwrite=False, reuse_rules=", ".join(DEFAULT_RULES), clip=None, prompts=""):
         import comfy.utils
 
         bar = comfy.utils.ProgressBar(1)
@@ -496,7 +507,7 @@ class OTCacheCalibrate:
             sampler_name=sampler_name, scheduler=scheduler, reference_budget=reference_budget,
             anchor_budget=anchor_budget, max_segment=max_segment, strength=strength, trials=trials, name=name,
             vae=vae, storage=storage, mode=mode, overwrite=overwrite, progress=progress,
-            rules=parse_rule_list(reuse_rules),
+            rules=parse_rule_list(reuse_rules), clip=clip, prompts=prompts,
         )
         return {"ui": {"images": [temp_preview(preview, "OTCache_calibration")]},
                 "result": (record, as_comfy_image(preview), text)}
