@@ -75,6 +75,24 @@ class ComfyServer:
             time.sleep(0.5)
         raise ServerError(f"prompt {prompt_id} did not finish in {timeout:.0f} s:\n{self.log()[-3000:]}")
 
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        """Queue ``prompt`` and wait for it; the history entry, which must say success."""
+        result = self.wait(self.queue(prompt), timeout)
+        if result["status"]["status_str"] != "success":
+            raise ServerError(f"prompt failed: {json.dumps(result['status'])[:2000]}\n{self.log()[-3000:]}")
+        return result
+
+    def interrupt(self) -> None:
+        """What the page's Cancel button sends."""
+        self.post("/interrupt", {})
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory (Linux ``/proc``)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise ServerError("no VmRSS line for the server process")
+
     def wait_idle(self, timeout: float = 300) -> dict:
         """Wait until the queue is empty; the history entry of the last prompt that ran."""
         deadline = time.time() + timeout
@@ -93,6 +111,17 @@ class ComfyServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def model_and_inputs(width: int = 32, height: int = 32, batch: int = 1) -> dict:
+    """Prompt nodes 1-4: the tiny Wan (UNETLoader), positive and negative test conditioning, an empty latent."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
+        "2": {"class_type": "OTCacheTestConditioning", "inputs": {"seed": 1}},
+        "3": {"class_type": "OTCacheTestConditioning", "inputs": {"seed": 2}},
+        "4": {"class_type": "EmptyHunyuanLatentVideo",
+              "inputs": {"width": width, "height": height, "length": 1, "batch_size": batch}},
+    }
 
 
 def free_port() -> int:

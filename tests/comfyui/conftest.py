@@ -216,13 +216,25 @@ def _release_models() -> None:
 # A running ComfyUI server (one per session: starting one takes 10-30 s)
 # --------------------------------------------------------------------------
 
+def _running_server(tmp_path_factory, comfyui_root: Path, name: str) -> Iterator[object]:
+    from .comfy_server import prepare_base, start_server
+
+    base = tmp_path_factory.mktemp(name)
+    prepare_base(base, comfyui_root)
+    server = start_server(comfyui_root, base)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, comfyui_root, tiny):
     """A ComfyUI server process with this pack and the test-only nodes (see ``comfy_server.py``)."""
-    from .comfy_server import prepare_base, start_server
+    yield from _running_server(tmp_path_factory, comfyui_root, "comfy_base")
 
-    base = tmp_path_factory.mktemp("comfy_base")
-    prepare_base(base, comfyui_root)
-    server = start_server(comfyui_root, base)
-    yield server
-    server.stop()
+
+@pytest.fixture(scope="module")
+def fresh_comfy_server(tmp_path_factory, comfyui_root, tiny):
+    """A ComfyUI server of its own for one test module, for tests that need one nothing else has used."""
+    yield from _running_server(tmp_path_factory, comfyui_root, "comfy_fresh")

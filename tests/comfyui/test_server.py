@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .comfy_server import TINY_WAN
+from .comfy_server import model_and_inputs
 
 STEPS = 10
 LEGACY_GENERIC = "generic (FLUX.1-dev published shape, any model)"
@@ -21,10 +21,7 @@ LEGACY_GENERIC = "generic (FLUX.1-dev published shape, any model)"
 def calibrate_inputs(name: str) -> dict:
     """Nodes 1-5: the tiny Wan, two conditionings, an empty latent and OTCache Calibrate."""
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
-        "2": {"class_type": "OTCacheTestConditioning", "inputs": {"seed": 1}},
-        "3": {"class_type": "OTCacheTestConditioning", "inputs": {"seed": 2}},
-        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 32, "height": 32, "length": 1, "batch_size": 1}},
+        **model_and_inputs(),
         "5": {"class_type": "OTCacheCalibrate", "inputs": {
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 0,
             "samples": 2, "steps": STEPS, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple",

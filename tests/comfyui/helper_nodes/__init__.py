@@ -1,10 +1,14 @@
 """Test-only ComfyUI nodes, loaded only by the test servers (a second custom node folder); never shipped.
 
 No real text encoder is available offline, so conditioning comes from a node that emits fixed tensors
-of the shape a tiny Wan 2.1 (4096-dim text context) expects. Everything else in the tests' graphs is
-ComfyUI's own nodes and this pack.
+of the shape a tiny Wan 2.1 (4096-dim text context) expects. A second node slows the model down and
+counts its calls, so that a test can cancel a calibration inside a chosen stage and count what a
+resumed run pays. Everything else in the tests' graphs is ComfyUI's own nodes and this pack.
 """
 
+import time
+
+import comfy.patcher_extension
 import torch
 
 
@@ -24,4 +28,39 @@ class OTCacheTestConditioning:
         return ([[torch.randn(1, 8, 4096, generator=g), {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"OTCacheTestConditioning": OTCacheTestConditioning}
+class CountingDelay:
+    """``DIFFUSION_MODEL`` wrapper: append one byte to ``counter_file``, sleep, then run the model."""
+
+    def __init__(self, delay_ms, counter_file):
+        self.delay, self.counter_file = delay_ms / 1000.0, counter_file
+
+    def __call__(self, executor, *args, **kwargs):
+        with open(self.counter_file, "ab") as handle:
+            handle.write(b".")
+        time.sleep(self.delay)
+        return executor(*args, **kwargs)
+
+
+class OTCacheTestSlowModel:
+    """The model, with every diffusion-model call slowed by ``delay_ms`` and counted in ``counter_file``
+    (its size in bytes). In OTCache's ``model`` reuse mode a reused step never reaches the diffusion
+    model, so the count is the number of full model computations."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "delay_ms": ("INT", {"default": 0, "min": 0, "max": 10000}),
+                             "counter_file": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "slow"
+    CATEGORY = "testing"
+
+    def slow(self, model, delay_ms, counter_file):
+        model = model.clone()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "otcache_test_slow",
+                                   CountingDelay(delay_ms, counter_file))
+        return (model,)
+
+
+NODE_CLASS_MAPPINGS = {"OTCacheTestConditioning": OTCacheTestConditioning,
+                       "OTCacheTestSlowModel": OTCacheTestSlowModel}
