@@ -19,6 +19,13 @@ The objective is a callable supplied by the host (end-to-end distance between ca
 over the calibration samples). Distinct parameters often round to the same schedule; each schedule is
 evaluated once and remembered in the study (trial user attributes), so a resumed or shared study
 never pays twice for it.
+
+Every trial, exact ones included, runs inside ``study.optimize`` with an RDB storage's heartbeats:
+a trial whose worker dies is failed after a grace period and queued again with the same schedule,
+and an interrupted trial (the host raises in the objective) is marked failed and not counted. Each
+TPE proposal is drawn from the study's state, not the process's random stream, so a resumed search
+ends where an uninterrupted one would have; workers sharing a study stop at exactly ``n_trials``
+completed trials (see :func:`search_anchor`).
 """
 
 from __future__ import annotations
@@ -263,6 +270,118 @@ def _view(study, optuna) -> _StudyView:
                       [t for t in trials if t.state == states.WAITING])
 
 
+class _SharedSearch:
+    """The trials of one anchor search in a study that other workers may share (see
+    :func:`search_anchor`): every trial runs inside ``study.optimize``, where Optuna records
+    heartbeats and marks a trial failed when the objective raises."""
+
+    def __init__(self, optuna, study, objective: ScheduleObjective, steps: int, budget: int, n_trials: int,
+                 n_bins: int, on_trial: Callable[[int, Schedule, float], None] | None) -> None:
+        self.optuna, self.study, self.objective = optuna, study, objective
+        self.steps, self.budget, self.n_trials, self.n_bins, self.on_trial = steps, budget, n_trials, n_bins, on_trial
+        self.names = [f"log_density_{i}" for i in range(n_bins)]
+        self.known = dict(self.view().values)
+        """Objective values this process knows, kept if the study loses one (a trial taken over)."""
+        self.evaluations = 0
+        self.phase = "tpe"
+        """Recorded on each TPE trial: ``tpe`` before the local search, ``explore`` after it."""
+        self.log = logging.getLogger(__name__)
+        self._last_wait_note = 0.0
+
+    def view(self) -> _StudyView:
+        return _view(self.study, self.optuna)
+
+    def has_room(self, view: _StudyView) -> bool:
+        return len(view.completed) + len(view.running) < self.n_trials
+
+    def run_trial(self, trial) -> float:
+        view = self.view()
+        if len(view.completed) + len(view.running) - 1 >= self.n_trials:  # - 1: this trial is running too
+            raise self.optuna.TrialPruned("the study has all its trials, completed or running elsewhere")
+        theta = [trial.suggest_float(name, -LOG_RANGE, LOG_RANGE) for name in self.names]
+        fixed = trial.user_attrs.get(SCHEDULE_ATTR)  # an exact candidate, or a failed trial queued again
+        if fixed is not None:
+            schedule = Schedule(self.steps, tuple(fixed))
+        else:
+            schedule = sample_warp(warp_from_log_density(theta), self.steps, self.budget)
+            trial.set_user_attr(SCHEDULE_ATTR, list(schedule.compute_steps))
+            trial.set_user_attr("phase", self.phase)
+        key = schedule.compute_steps
+        value = view.values.get(key, self.known.get(key))
+        if value is None:
+            value = self.known[key] = float(self.objective(schedule))
+            self.evaluations += 1
+        if self.on_trial is not None:
+            self.on_trial(trial.number, schedule, value)
+        return value
+
+    def one_trial(self) -> None:
+        """Run one trial: the oldest queued one, else a new TPE proposal."""
+        try:
+            self.study.optimize(self.run_trial, n_trials=1)
+        except self.optuna.exceptions.UpdateFinishedTrialError:
+            # This worker's trial outlived its grace period (a stalled machine) and was failed and
+            # queued again by another worker; the value is kept in `known`, so the copy costs nothing.
+            self.log.warning("anchor trial was taken over by another worker after a missed heartbeat")
+        except ValueError as exc:
+            # SQLite cannot lock a row: two workers may take the same queued trial, and the second to
+            # finish finds it complete (same schedule, same value). PostgreSQL locks the row.
+            if "Cannot tell a COMPLETE trial" not in str(exc):
+                raise
+
+    def wait_for_others(self, view: _StudyView) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial fails, and is queued again
+        if time.monotonic() - self._last_wait_note > 60:
+            self._last_wait_note = time.monotonic()
+            self.log.info("anchor search: waiting for trials %s running in other workers",
+                          [t.number for t in view.running])
+        time.sleep(POLL_SECONDS)
+
+    def run_until(self, limit: int) -> None:
+        """Run trials (queued ones first) until the study holds ``limit`` completed trials."""
+        while True:
+            view = self.view()
+            if len(view.completed) >= limit:
+                return
+            if view.waiting or self.has_room(view):
+                self.one_trial()
+            else:
+                self.wait_for_others(view)
+
+    def evaluate_exact(self, schedule: Schedule, kind: str) -> float:
+        """The objective of ``schedule`` itself, as a trial at its projection into the search space.
+
+        ``inf`` when the study filled up first, or when another worker is evaluating the same
+        schedule: several workers sweeping the same local search then spread over its candidates
+        instead of queueing behind one another (the other worker's value still counts for the best).
+        """
+        key = schedule.compute_steps
+        params = dict(zip(self.names, log_density_of(warp_of(schedule), self.n_bins)))
+        while True:
+            view = self.view()
+            if key in view.values:
+                return view.values[key]
+            if len(view.completed) >= self.n_trials or any(_holds(t, key) for t in view.running):
+                return math.inf
+            if not any(_holds(t, key) for t in view.waiting):
+                if not self.has_room(view):
+                    return math.inf
+                self.study.enqueue_trial(params, user_attrs={SCHEDULE_ATTR: list(key), "phase": kind})
+            self.one_trial()  # runs the oldest queued trial: this one, or a dead worker's queued again
+
+    def best_explored(self) -> Schedule | None:
+        """The local search's start: the best seed or TPE trial, whatever happened after, so that a
+        resumed search replays the same sweep (known schedules cost nothing) and goes on where it stopped."""
+        explored = [t for t in self.view().completed if t.user_attrs.get("phase", "tpe") in ("seed", "tpe")
+                    and not t.user_attrs.get("local") and SCHEDULE_ATTR in t.user_attrs]
+        if not explored:
+            return None
+        best = min(explored, key=lambda t: (t.value, t.number))
+        return Schedule(self.steps, tuple(best.user_attrs[SCHEDULE_ATTR]))
+
+
 def search_anchor(
     objective: ScheduleObjective,
     steps: int,
@@ -303,9 +422,6 @@ def search_anchor(
       report the same best schedule;
     * workers sweeping the same local search skip a candidate another worker is evaluating, so they
       spread over the sweep instead of queueing behind one another.
-
-    Every trial, exact ones included, runs inside ``study.optimize``: that is where Optuna records
-    heartbeats and marks a trial failed when the objective raises (an interrupted calibration).
     """
     optuna = require_optuna()
     T = check_steps(steps)
@@ -322,127 +438,33 @@ def search_anchor(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # an interrupted trial is reported by the host
     sampler = trial_seeded_sampler(optuna, seed, max(1, min(10, n_trials // 3)))
     study = _open_study(optuna, study_name, storage, sampler, heartbeat, grace)
-    log = logging.getLogger(__name__)
-
-    start_view = _view(study, optuna)
-    resumed = len(start_view.completed)
-    known = dict(start_view.values)
-    evaluations = 0
-    names = [f"log_density_{i}" for i in range(n_bins)]
-    phase = "tpe"
-    last_wait_note = [0.0]
-
-    def run_trial(trial) -> float:
-        nonlocal evaluations
-        view = _view(study, optuna)
-        if len(view.completed) + len(view.running) - 1 >= n_trials:  # - 1: this trial is running too
-            raise optuna.TrialPruned("the study has all its trials, completed or running elsewhere")
-        theta = [trial.suggest_float(name, -LOG_RANGE, LOG_RANGE) for name in names]
-        fixed = trial.user_attrs.get(SCHEDULE_ATTR)  # an exact candidate, or a failed trial queued again
-        if fixed is not None:
-            schedule = Schedule(T, tuple(fixed))
-        else:
-            schedule = sample_warp(warp_from_log_density(theta), T, B)
-            trial.set_user_attr(SCHEDULE_ATTR, list(schedule.compute_steps))
-            trial.set_user_attr("phase", phase)
-        key = schedule.compute_steps
-        value = view.values.get(key, known.get(key))
-        if value is None:
-            value = known[key] = float(objective(schedule))
-            evaluations += 1
-        if on_trial is not None:
-            on_trial(trial.number, schedule, value)
-        return value
-
-    def one_trial() -> None:
-        try:
-            study.optimize(run_trial, n_trials=1)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # This worker's trial outlived its grace period (a stalled machine) and was failed and
-            # queued again by another worker; the value is kept in `known`, so the copy costs nothing.
-            log.warning("anchor trial was taken over by another worker after a missed heartbeat")
-        except ValueError as exc:
-            # SQLite cannot lock a row: two workers may take the same queued trial, and the second to
-            # finish finds it complete (same schedule, same value). PostgreSQL locks the row.
-            if "Cannot tell a COMPLETE trial" not in str(exc):
-                raise
-
-    def wait_for_others(view: _StudyView) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial fails here, and is queued again
-        if time.monotonic() - last_wait_note[0] > 60:
-            last_wait_note[0] = time.monotonic()
-            log.info("anchor search: waiting for trials %s running in other workers",
-                     [t.number for t in view.running])
-        time.sleep(POLL_SECONDS)
-
-    def has_room(view: _StudyView) -> bool:
-        return len(view.completed) + len(view.running) < n_trials
-
-    def run_until(limit: int) -> None:
-        """Run trials (queued ones first) until the study holds ``limit`` completed trials."""
-        while True:
-            view = _view(study, optuna)
-            if len(view.completed) >= limit:
-                return
-            if view.waiting or has_room(view):
-                one_trial()
-            else:
-                wait_for_others(view)
-
-    def evaluate_exact(schedule: Schedule, kind: str) -> float:
-        """The objective of ``schedule`` itself, as a trial at its projection into the search space.
-
-        ``inf`` when the study filled up first, or when another worker is evaluating the same
-        schedule: several workers sweeping the same local search then spread over its candidates
-        instead of queueing behind one another (the other worker's value still counts for the best).
-        """
-        key = schedule.compute_steps
-        params = dict(zip(names, log_density_of(warp_of(schedule), n_bins)))
-        while True:
-            view = _view(study, optuna)
-            if key in view.values:
-                return view.values[key]
-            if len(view.completed) >= n_trials or any(_holds(t, key) for t in view.running):
-                return math.inf
-            if not any(_holds(t, key) for t in view.waiting):
-                if not has_room(view):
-                    return math.inf
-                study.enqueue_trial(params, user_attrs={SCHEDULE_ATTR: list(key), "phase": kind})
-            one_trial()  # runs the oldest queued trial: this one, or a dead worker's queued again
-
+    search = _SharedSearch(optuna, study, objective, T, B, n_trials, n_bins, on_trial)
+    resumed = len(search.view().completed)
     for schedule in initial[:n_trials]:
         # Evaluated exactly, so the anchor is never worse than, e.g., the reference resampled to
         # this budget; TPE learns from them too.
-        evaluate_exact(schedule, "seed")
-
+        search.evaluate_exact(schedule, "seed")
     local_trials = int(round(polish * n_trials))
-    run_until(n_trials - local_trials)
+    search.run_until(n_trials - local_trials)
     if local_trials:
-        view = _view(study, optuna)
-        # The local search starts from the best seed or TPE trial, whatever happened after: a resumed
-        # search replays the sweep (known schedules cost nothing) and goes on where it stopped.
-        explored = [t for t in view.completed if t.user_attrs.get("phase", "tpe") in ("seed", "tpe")
-                    and not t.user_attrs.get("local") and SCHEDULE_ATTR in t.user_attrs]
-        if explored:
-            best_explored = min(explored, key=lambda t: (t.value, t.number))
-            local_search(lambda s: evaluate_exact(s, "local"), Schedule(T, tuple(best_explored.user_attrs[SCHEDULE_ATTR])),
-                         lambda: len(_view(study, optuna).completed) < n_trials)
-        phase = "explore"
-        run_until(n_trials)  # a local optimum reached early leaves trials for exploration
+        start = search.best_explored()
+        if start is not None:
+            local_search(lambda s: search.evaluate_exact(s, "local"), start,
+                         lambda: len(search.view().completed) < n_trials)
+        search.phase = "explore"
+        search.run_until(n_trials)  # a local optimum reached early leaves trials for exploration
 
-    completed = _view(study, optuna).completed
+    completed = search.view().completed
     if not completed:
         raise OTCacheError("the anchor search completed no trial")
     best = min(completed, key=lambda t: (t.value, t.number))
     schedule = Schedule(steps=T, compute_steps=tuple(best.user_attrs[SCHEDULE_ATTR]))
-    log.debug("anchor %s scored %.6g", schedule, best.value)
+    search.log.debug("anchor %s scored %.6g", schedule, best.value)
     return AnchorResult(
         schedule=schedule,
         score=float(best.value),
         trials=len(completed),
-        evaluations=evaluations,
+        evaluations=search.evaluations,
         history=[float(t.value) for t in sorted(completed, key=lambda t: t.number)],
         study_name=study.study_name,
         resumed_trials=resumed,
