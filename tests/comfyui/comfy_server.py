@@ -24,8 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HELPER_NODES = Path(__file__).resolve().parent / "helper_nodes"
 TINY_WAN = "tiny_wan.safetensors"
-FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
-"""The first-run template dialog would cover the page; the minimap would cover part of the canvas."""
+FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
+                     "Comfy.Graph.CanvasMenu": False}
+"""The first-run template dialog would cover the page; the minimap, the canvas info (FPS) and the zoom
+menu would clutter the screenshots (and change them from run to run)."""
 
 
 class ServerError(RuntimeError):
