@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from .calibration import Calibration
 from .reuse import rules_summary
 from .errors import OTCacheError
-from .graph import solve_reference
+from .graph import edge_weight_matrix, solve_reference
 from .interpolation import LAMBDA_MAPPINGS, predict
-from .jsonfile import load_json
+from .jsonfile import read_json_file
 from .plan import BudgetRule, SchedulePlan
-from .schedule import Schedule, parse_step_list
+from .schedule import Schedule, check_steps, parse_step_list
 
 
 class UsageError(Exception):
@@ -63,12 +63,16 @@ def _schedule_command(args: argparse.Namespace) -> dict:
 
 
 def _reference_command(args: argparse.Namespace) -> dict:
-    doc = load_json_plain(args.errors)
+    doc = read_json_file(args.errors)
     if not isinstance(doc, dict) or "steps" not in doc or "errors" not in doc:
         raise OTCacheError(f"{args.errors}: expected an object with 'steps' and 'errors'")
     steps = doc["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise OTCacheError(f"{args.errors}: 'steps' must be an integer")
+    checks = (("steps", lambda: check_steps(steps)), ("errors", lambda: edge_weight_matrix(doc["errors"], steps)))
+    for field, check in checks:  # errors naming the file and the field
+        try:
+            check()
+        except OTCacheError as exc:
+            raise OTCacheError(f"{args.errors}: field {field!r}: {str(exc)[:200]}") from None
     start = time.perf_counter()
     path = solve_reference(
         doc["errors"], steps, args.budget, max_skip=args.max_skip, objective=args.objective, gamma=args.gamma
@@ -84,19 +88,6 @@ def _reference_command(args: argparse.Namespace) -> dict:
         "worst_segment": path.worst_segment,
         "solve_seconds": seconds,
     }
-
-
-def load_json_plain(path: str) -> object:
-    """Read any JSON file with a one-line error on failure."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise OTCacheError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OTCacheError(f"{path}: cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise OTCacheError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def _print_schedule(out: dict) -> None:

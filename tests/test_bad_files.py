@@ -358,3 +358,35 @@ def test_a_bad_edge_checkpoint_is_reported_in_one_line_and_not_used(case):
         for i, row in checkpoint.rows.items():
             assert 0 <= i < T - 1 and len(row) == T + 1
             assert all(x is None or (isinstance(x, (int, float)) and 0 <= x < float("inf")) for x in row)
+
+
+# --------------------------------------------------------------------------- the CLI's edge-matrix file
+
+
+def valid_edge_matrix() -> dict[str, Any]:
+    return {"steps": T, "errors": valid_calibration(1)["edge_errors"]["matrix"]}
+
+
+@FUZZ
+@given(st.one_of(mutated(valid_edge_matrix()), st.binary(max_size=200).map(lambda b: (b, ()))))
+def test_a_bad_edge_matrix_file_gives_the_cli_one_error_line(case):
+    import contextlib
+    import io
+
+    from otcache_core.cli import main
+
+    document, fields = case
+    with tempfile.TemporaryDirectory() as folder:
+        path = write(Path(folder), document if isinstance(document, bytes) else to_text(document))
+        before = tree_digest(Path(folder))
+        stderr, stdout = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            code = main(["reference", "--errors", str(path), "--budget", "6", "--max-skip", "5", "--json"])
+        assert tree_digest(Path(folder)) == before
+        if code == 0:
+            json.loads(stdout.getvalue())
+            return
+        message = stderr.getvalue().strip()
+        assert code == 2 and message.startswith("error: ") and "\n" not in message
+        if "budget" not in message and "segments of at most" not in message:  # the command line's own inputs
+            check_refusal(FileFormatError(message), path, fields)
