@@ -44,7 +44,9 @@ def save_json(path: str | os.PathLike[str], document: dict[str, Any], *, overwri
         try:
             current = target.read_text(encoding="utf-8")
         except (OSError, ValueError) as exc:  # a folder, an unreadable or non-UTF-8 file of that name
-            raise OTCacheError(f"cannot replace {target}: {_reason(exc)}; choose another name") from exc
+            if not overwrite or target.is_dir():
+                raise OTCacheError(f"cannot replace {target}: {_reason(exc)}; choose another name") from exc
+            current = None  # a file we may overwrite: whatever it holds goes
         if current == text:
             return target
         if not overwrite:

@@ -358,6 +358,9 @@ def test_a_bad_edge_checkpoint_is_reported_in_one_line_and_not_used(case):
         for i, row in checkpoint.rows.items():
             assert 0 <= i < T - 1 and len(row) == T + 1
             assert all(x is None or (isinstance(x, (int, float)) and 0 <= x < float("inf")) for x in row)
+        row = [None, None, 0.5] + [None] * (T - 2)
+        checkpoint.add(0, row)  # the calibration goes on: a bad file is replaced by the rows measured now
+        assert checkpoint.save_problem is None and EdgeCheckpoint(path, "k", steps=T).rows[0] == row
 
 
 # --------------------------------------------------------------------------- the CLI's edge-matrix file
