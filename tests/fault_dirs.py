@@ -1,11 +1,12 @@
 """Folders that refuse writes, for tests of saving: read-only and full.
 
-Both are real where the machine allows it. Under root (CI containers), a small tmpfs is mounted on a
-temporary folder (``mount`` needs CAP_SYS_ADMIN): mounted ``ro`` it refuses every write with EROFS,
-even to root; mounted with a size limit and filled up, it refuses writes with ENOSPC. Without root, a
-folder with mode 0555 is a real read-only folder; a full disk cannot be made without mount rights,
-so :func:`full_folder` then *simulates* it: ``os.fsync`` of OTCache's atomic save raises ENOSPC (the
-call where a full disk reports delayed allocation failures), and ``simulated`` says so.
+Both are real where the machine allows it. Without root, a folder with mode 0555 is a real read-only
+folder. Under root (CI containers), which ignores file modes, a small tmpfs is mounted on a temporary
+folder (``mount`` needs CAP_SYS_ADMIN): remounted ``ro`` it refuses every write with EROFS, even to
+root (a root without mount rights skips the read-only tests). Mounted with a size limit and filled up,
+a tmpfs refuses writes with ENOSPC; where no tmpfs can be mounted, :func:`full_folder` *simulates* a
+full disk: ``os.fsync`` of a file in that folder raises ENOSPC (the call where a full disk reports
+delayed allocation failures), and ``simulated`` says so.
 """
 
 from __future__ import annotations
@@ -30,46 +31,45 @@ class FaultFolder:
     """True when the fault is simulated (see the module doc); False for a real read-only or full folder."""
 
 
-def _can_mount() -> bool:
-    return os.geteuid() == 0 and shutil.which("mount") is not None
-
-
-@contextmanager
-def _tmpfs(path: Path, options: str) -> Iterator[None]:
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    """Mount a tmpfs on ``path``; False where this process may not (not root, or no CAP_SYS_ADMIN)."""
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "otcache-test", str(path)], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a test tmpfs: {result.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "otcache-test", str(path)], capture_output=True)
+    return result.returncode == 0
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _write_files(folder: Path, files: dict[str, str] | None) -> None:
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
 
 
 @contextmanager
 def read_only_folder(base: Path, files: dict[str, str] | None = None) -> Iterator[FaultFolder]:
     """A real read-only folder holding ``files`` (name -> text)."""
     path = base / "read-only"
-    if _can_mount():
-        staging = base / "staging"
-        staging.mkdir()
-        for name, text in (files or {}).items():
-            (staging / name).write_text(text)
-        with _tmpfs(path, "size=1m,mode=0755"):
-            for item in staging.iterdir():
-                shutil.copy(item, path / item.name)
-            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True, capture_output=True)
+    if os.geteuid() != 0:
+        path.mkdir()
+        _write_files(path, files)
+        path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        try:
             yield FaultFolder(path, simulated=False)
+        finally:
+            path.chmod(stat.S_IRWXU)
         return
-    path.mkdir()
-    for name, text in (files or {}).items():
-        (path / name).write_text(text)
-    path.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    if not _mount_tmpfs(path, "size=1m,mode=0755"):
+        pytest.skip("root ignores file modes and this process may not mount a read-only tmpfs")
     try:
+        _write_files(path, files)
+        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True, capture_output=True)
         yield FaultFolder(path, simulated=False)
     finally:
-        path.chmod(stat.S_IRWXU)
+        _unmount(path)
 
 
 @contextmanager
@@ -77,20 +77,19 @@ def full_folder(base: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, st
                 ) -> Iterator[FaultFolder]:
     """A folder on a full file system holding ``files``; subfolders can still be made."""
     path = base / "full"
-    if _can_mount():
-        with _tmpfs(path, "size=256k,mode=0755"):
-            for name, text in (files or {}).items():
-                (path / name).write_text(text)
+    if _mount_tmpfs(path, "size=256k,mode=0755"):
+        try:
+            _write_files(path, files)
             _fill(path / ".filler")
             yield FaultFolder(path, simulated=False)
+        finally:
+            _unmount(path)
         return
-    path.mkdir()
-    for name, text in (files or {}).items():
-        (path / name).write_text(text)
+    _write_files(path, files)
     real_fsync = os.fsync
 
     def fsync_on_a_full_disk(fd: int) -> None:
-        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == path:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
