@@ -15,6 +15,7 @@ from .cache_hooks import (
     ApplyModelWrapper,
     BlockReplacement,
     CacheConfig,
+    CalcCondBatchWrapper,
     LayerForward,
     OuterSampleWrapper,
     foreign_caches,
@@ -33,7 +34,7 @@ def _remove_previous(patcher: Any) -> bool:
     import comfy.patcher_extension as pe
 
     found = False
-    for wrapper_type in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.APPLY_MODEL):
+    for wrapper_type in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.CALC_COND_BATCH, pe.WrappersMP.APPLY_MODEL):
         if patcher.get_wrappers(wrapper_type, KEY):
             patcher.remove_wrappers_with_key(wrapper_type, KEY)
             found = True
@@ -48,12 +49,15 @@ def _remove_previous(patcher: Any) -> bool:
 
 
 def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_percent: float = 0.0,
-                  end_percent: float = 1.0, *, reuse: str = CALIBRATED, quiet: bool = False) -> Any:
+                  end_percent: float = 1.0, *, reuse: str = CALIBRATED, quiet: bool = False,
+                  skip_control_models: bool = True) -> Any:
     """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``.
 
     ``reuse``: ``calibrated`` (each segment's rule from the plan; hold where the calibration has none)
     or one reuse rule for every segment. ``quiet`` reports runs at debug level (calibration makes
-    hundreds of short runs).
+    hundreds of short runs). ``skip_control_models=False`` runs ControlNets and T2I-Adapters at every
+    model call, reused ones included (what OTCache did before it skipped them; kept for measuring the
+    difference).
     """
     if not isinstance(plan, SchedulePlan):
         raise OTCacheError("'schedule' must come from an OTCache Schedule node")
@@ -90,10 +94,11 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
     patched = model.clone()
     if _remove_previous(patched) and not quiet:
         log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
-    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, reuse)
+    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, reuse, skip_control_models)
     import comfy.patcher_extension as pe
 
     patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(config))
+    patched.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, KEY, CalcCondBatchWrapper(config))
     patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, ApplyModelWrapper(config))
     if chosen == "blocks":
         for stage in family.stages:

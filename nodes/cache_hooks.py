@@ -1,6 +1,6 @@
 """ComfyUI glue of the cache engine: per-run state, the per-call decision, and the block hooks.
 
-Three hooks, all through ComfyUI's public extension points (no model forward is copied):
+Four hooks, all through ComfyUI's public extension points (no model forward is copied):
 
 * ``OUTER_SAMPLE`` wrapper (once per sampling run, on the guider): resolves the schedule for the
   run's own step count, creates a fresh :class:`RunState` in the guider's cloned ``model_options``,
@@ -12,6 +12,9 @@ Three hooks, all through ComfyUI's public extension points (no model forward is 
   ``eps^`` is the stand-in of the step's reuse rule at the call's own sigma (``hold``: the stored
   ``eps``; ``linear``: extrapolated from the last two computed steps, see ``otcache_core.reuse``).
   The sampler itself is untouched: it integrates the corrected model output.
+* ``CALC_COND_BATCH`` wrapper (every step's batch of conds): defers the conds' control models
+  (ControlNet, T2I-Adapter) to the model call, which runs them only when it computes
+  (:mod:`.control_models`).
 * ``blocks`` mode: ``dit`` block replacements (or object patches on block ``forward`` where a family
   has no replacement). A stage's residual is ``output of its last block - input of its first
   block``, kept per stream (cond uuid, context window); at a reused step the first block clones its
@@ -39,6 +42,7 @@ from ..otcache_core.plan import SchedulePlan
 from ..otcache_core.reuse import step_rules
 from ..otcache_core.runtime import CacheRun, RunReport, step_index
 from ..otcache_core.schedule import Schedule
+from .control_models import HeldControls, PendingControl, defer_controls
 from .families import FamilySpec, stage_blocks
 
 log = logging.getLogger("OTCache")
@@ -66,6 +70,8 @@ class CacheConfig:
     """Report at debug level (the many short runs of a calibration)."""
     reuse: str = CALIBRATED
     """``calibrated``: the plan's per-segment reuse rules; a rule name: that rule for every segment."""
+    skip_control_models: bool = True
+    """Run control models (ControlNet, T2I-Adapter) only for model calls that compute."""
 
 
 @dataclass
@@ -100,6 +106,9 @@ class RunState:
         self.disabled: str | None = None
         self.passthrough = False
         """While true, model calls bypass the cache entirely (calibration probes of the full model)."""
+        self.held_controls = HeldControls()
+        self.foreign_controls: set[str] = set()
+        """Control classes that ran at every call because they are not ComfyUI's own."""
 
     def disable(self, reason: str) -> None:
         """Stop reusing for the rest of the run (every later call computes) and say why."""
@@ -206,8 +215,13 @@ class OuterSampleWrapper:
             return executor(*args, **kwargs)
         finally:
             guider.model_options = original
+            if run.foreign_controls:
+                run.cache.notes.append(
+                    f"control models {sorted(run.foreign_controls)} ran at every step (not ComfyUI's own control "
+                    "classes: they may keep state across steps)")
             report = run.cache.report()
             run.cache.clear()
+            run.held_controls.clear()
             (log.debug if self.config.quiet else log.info)(report.line())
             _notify(report)
 
@@ -252,6 +266,58 @@ def _transformer_options(args: tuple, kwargs: dict) -> dict:
     return to if isinstance(to, dict) else {}
 
 
+# ``BaseModel.apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)``
+_CONTROL_ARG = 4
+
+
+def _pending_control(args: tuple, kwargs: dict) -> PendingControl | None:
+    control = args[_CONTROL_ARG] if len(args) > _CONTROL_ARG else kwargs.get("control")
+    return control if isinstance(control, PendingControl) else None
+
+
+def _with_control(args: tuple, kwargs: dict, control: Any) -> tuple[tuple, dict]:
+    if len(args) > _CONTROL_ARG:
+        return (*args[:_CONTROL_ARG], control, *args[_CONTROL_ARG + 1:]), kwargs
+    return args, {**kwargs, "control": control}
+
+
+def _call_control(run: RunState, pending: PendingControl, reuse: bool, streams: list, x: torch.Tensor) -> Any:
+    """The control the model gets on this call (see :mod:`.control_models`); counts what ran and what not.
+
+    Computing: the control's own output. Reusing: nothing in ``model`` mode (the model does not run),
+    in ``blocks`` mode the output held from the last computed call of the same streams, or, when none
+    matches (streams batched differently since), the control's own output.
+    """
+    hold = run.config.mode == "blocks"
+    key = tuple(sid for sid, _ in streams)
+    if reuse:
+        found, control = run.held_controls.take(key, x) if hold else (True, None)
+        if found:
+            run.cache.add_controls(True, pending.evaluations())
+            return control
+    elif hold:
+        run.held_controls.forget(key)  # never two outputs of one composition alive at once
+    control = pending.resolve()
+    run.cache.add_controls(False, pending.evaluations())
+    if hold and not reuse:
+        run.held_controls.store(key, layout_token(x), control)
+    return control
+
+
+class CalcCondBatchWrapper:
+    """``CALC_COND_BATCH``: the conds' control models are deferred to the model call (see module doc)."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+
+    def __call__(self, executor, model, conds, *args, **kwargs):
+        model_options = args[2] if len(args) > 2 else kwargs.get("model_options", {})
+        run: RunState | None = (model_options.get("transformer_options") or {}).get(RUN_KEY)
+        if run is None or run.passthrough or run.disabled is not None or not self.config.skip_control_models:
+            return executor(model, conds, *args, **kwargs)
+        return executor(model, defer_controls(conds, run.foreign_controls), *args, **kwargs)
+
+
 class ApplyModelWrapper:
     """``APPLY_MODEL``: the per-call decision, and the whole reuse in ``model`` mode."""
 
@@ -261,23 +327,28 @@ class ApplyModelWrapper:
     def __call__(self, executor, *args, **kwargs):
         to = _transformer_options(args, kwargs)
         run: RunState | None = to.get(RUN_KEY)
+        pending = _pending_control(args, kwargs)
         if run is None or run.passthrough:  # outside a sampling run, or a calibration probe
+            if pending is not None:
+                args, kwargs = _with_control(args, kwargs, pending.resolve())
             return executor(*args, **kwargs)
         x, t = args[0], args[1]
         sigma = float(t.reshape(-1)[0])
         step = step_index(run.sigmas, sigma)
         streams = _streams(to, x.shape[0])
         if run.config.mode == "model":
-            return self._model_mode(run, executor, args, kwargs, x, t, step, streams, sigma)
-        return self._blocks_mode(run, executor, args, kwargs, x, step, streams, sigma)
+            return self._model_mode(run, executor, args, kwargs, x, t, step, streams, sigma, pending)
+        return self._blocks_mode(run, executor, args, kwargs, x, step, streams, sigma, pending)
 
     @staticmethod
-    def _model_mode(run, executor, args, kwargs, x, t, step, streams, sigma_value):
+    def _model_mode(run, executor, args, kwargs, x, t, step, streams, sigma_value, pending):
         cache = run.cache
         keys = [("model", sid) for sid, _ in streams]
         ready = run.disabled is None and all(cache.has(k, x[rows]) for k, (_, rows) in zip(keys, streams))
         reuse = cache.plan_call(step, ready)
         start = cache.clock(x.device)
+        if pending is not None:
+            args, kwargs = _with_control(args, kwargs, _call_control(run, pending, reuse, streams, x))
         sigma = t.reshape([-1] + [1] * (x.ndim - 1)).to(x.dtype)
         if reuse:
             eps = torch.cat([cache.standin(k, step, sigma_value) for k in keys])
@@ -292,7 +363,7 @@ class ApplyModelWrapper:
         return out
 
     @staticmethod
-    def _blocks_mode(run, executor, args, kwargs, x, step, streams, sigma):
+    def _blocks_mode(run, executor, args, kwargs, x, step, streams, sigma, pending):
         cache = run.cache
         ready = run.disabled is None and bool(run.stage_streams) and all(
             cache.has((kind, name, sid))
@@ -301,9 +372,11 @@ class ApplyModelWrapper:
             for sid, _ in streams
         ) and all(cache.has(("latent", sid), x[rows]) for sid, rows in streams)
         reuse = cache.plan_call(step, ready)
+        start = cache.clock(x.device)
+        if pending is not None:
+            args, kwargs = _with_control(args, kwargs, _call_control(run, pending, reuse, streams, x))
         call = CallState(step, reuse, streams, sigma)
         run.call = call
-        start = cache.clock(x.device)
         try:
             out = executor(*args, **kwargs)
         finally:

@@ -78,6 +78,10 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     rules: dict[str, int] = field(default_factory=dict)
     """Reused steps per reuse rule."""
+    control_ran: int = 0
+    """Control-model evaluations (ControlNet, T2I-Adapter, one per active model of a chain) that ran."""
+    control_skipped: int = 0
+    """Control-model evaluations left out because their model call reused."""
 
     @property
     def ideal_speedup(self) -> float:
@@ -111,6 +115,8 @@ class RunReport:
         parts.append(f"wall {self.wall_seconds:.2f}s")
         if self.forced:
             parts.append(f"forced compute at {self.forced} (no residual to reuse)")
+        if self.control_ran or self.control_skipped:
+            parts.append(f"control-model calls: {self.control_skipped} skipped, {self.control_ran} run")
         return "; ".join(parts + self.notes)
 
     def to_dict(self) -> dict[str, object]:
@@ -125,6 +131,8 @@ class RunReport:
             "model_speedup": self.model_speedup,
             "calls_computed": self.calls_computed,
             "calls_reused": self.calls_reused,
+            "control_ran": self.control_ran,
+            "control_skipped": self.control_skipped,
             "wall_seconds": self.wall_seconds,
             "rules": dict(self.rules),
             "notes": list(self.notes),
@@ -186,6 +194,7 @@ class CacheRun:
         self._status: dict[int, str] = {}  # step -> "computed" | "reused" | "forced"
         self._calls = {True: 0, False: 0}  # reused? -> count
         self._seconds = {True: 0.0, False: 0.0}
+        self._controls = {True: 0, False: 0}  # skipped? -> control-model evaluations
         self._started = time.perf_counter()
 
     # -- decisions ---------------------------------------------------------------------------------
@@ -290,6 +299,10 @@ class CacheRun:
         self._calls[reused] += 1
         self._seconds[reused] += seconds
 
+    def add_controls(self, skipped: bool, evaluations: int) -> None:
+        """Count control-model evaluations that ran (``skipped=False``) or were left out."""
+        self._controls[skipped] += evaluations
+
     def report(self) -> RunReport:
         computed = sorted(s for s, v in self._status.items() if v in ("computed", "forced"))
         reused = sorted(s for s, v in self._status.items() if v == "reused")
@@ -310,6 +323,8 @@ class CacheRun:
             mode=self.mode,
             notes=list(self.notes),
             rules=dict(Counter(self.rule(s).name for s in reused)),
+            control_ran=self._controls[False],
+            control_skipped=self._controls[True],
         )
 
 

@@ -88,6 +88,21 @@ def test_run_report_lists_computed_and_reused_steps(make_sampler):
     assert "computed 3/8 steps [0, 2, 5]" in line and "ideal speedup 2.67x" in line
 
 
+def test_the_report_says_how_many_control_model_calls_were_skipped():
+    run = CacheRun(Schedule.from_steps([0, 2], 4))
+    run.add_controls(False, 2)  # a chain of two control models at a computed call
+    run.add_controls(True, 2)
+    run.add_controls(True, 1)  # one of them outside its start/end range
+    report = run.report()
+    assert (report.control_ran, report.control_skipped) == (2, 3)
+    assert "control-model calls: 3 skipped, 2 run" in report.line()
+    assert report.to_dict()["control_skipped"] == 3
+
+
+def test_a_run_without_control_models_does_not_mention_them():
+    assert "control" not in CacheRun(Schedule.from_steps([0, 2], 4)).report().line()
+
+
 def test_a_new_run_starts_with_no_residuals(make_sampler):
     """State lives per run: a second run with another batch never sees the first run's residuals."""
     first = make_sampler(steps=6, batch=3)
