@@ -21,7 +21,8 @@ of the unpatched runs) and the speedup the control model leaves when it always r
 ``T (1 + c) / (B (1 + c) + (T - B) c)`` in model mode.
 
 The host machine is shared and noisy: runs alternate between configurations and the medians of
-several repeats are compared, all in one process. One thread on a two-core machine leaves a core for
+several repeats are compared, all in one process; ``--clock cpu`` times the process's CPU time instead
+of the wall clock (with one thread, what other processes do shows less). One thread on a two-core machine leaves a core for
 the rest of the system and gave the steadiest ratios (two threads varied by about 10 % run to run).
 """
 
@@ -38,17 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class ForwardTimer:
-    """Wall time spent in a module's forward (pre and post hooks), summed over calls."""
+    """Time spent in a module's forward (pre and post hooks), summed over calls."""
 
-    def __init__(self, module) -> None:
+    def __init__(self, module, clock) -> None:
+        self.clock = clock
         self.seconds, self.calls, self._start = 0.0, 0, 0.0
         self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
     def _pre(self, *_):
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def _post(self, *_):
-        self.seconds += time.perf_counter() - self._start
+        self.seconds += self.clock() - self._start
         self.calls += 1
 
     def remove(self) -> None:
@@ -75,6 +77,9 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 5])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time runs by wall clock, or by the process's CPU time (with one thread: less "
+                             "disturbed by other processes on a shared machine)")
     parser.add_argument("--controlnet", type=int, nargs=2, metavar=("DOUBLE", "SINGLE"),
                         help="also measure with a FLUX ControlNet of this many double and single blocks")
     parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
@@ -106,11 +111,13 @@ def main() -> None:
     pack.nodes.cache_hooks.add_report_listener(reports.append)
     conds = {"positive": m.positive(), "negative": m.negative()}
 
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+
     def run(patcher) -> float:
-        start = time.perf_counter()
+        start = clock()
         comfy.sample.sample(patcher, noise, T, 3.0, "euler", "simple", conds["positive"], conds["negative"], latent,
                             seed=0, disable_pbar=True)
-        return time.perf_counter() - start
+        return clock() - start
 
     plans = {}
     for budget in args.budgets:
@@ -118,7 +125,7 @@ def main() -> None:
         plans[budget] = core.plan.SchedulePlan.from_schedule(schedule, label=f"uniform B={budget}")
     run(m.patcher)  # warm-up: one-off lazy imports and allocations
     header = (f"tiny Flux (4 double + 8 single blocks, hidden 256), latent {args.size}x{args.size}, T={T}, "
-              f"{args.threads} threads, median of {args.repeats}")
+              f"{args.threads} threads, median of {args.repeats}, {args.clock} clock")
     if args.plain:
         configs = {"unpatched": m.patcher}
         for budget, plan in plans.items():
@@ -127,7 +134,7 @@ def main() -> None:
         medians, last_report = measure(configs, run, args.repeats, reports)
         print_plain_table(header, medians, last_report, T)
     if args.controlnet:
-        controlnet_case(args, m, latent, plans, conds, run, reports, apply_otcache, header)
+        controlnet_case(args, m, latent, plans, conds, run, clock, reports, apply_otcache, header)
 
 
 def print_plain_table(header: str, medians: dict[str, float], last_report: dict, T: int) -> None:
@@ -150,7 +157,7 @@ def print_plain_table(header: str, medians: dict[str, float], last_report: dict,
         print(row)
 
 
-def controlnet_case(args, m, latent, plans, conds, run, reports, apply_otcache, header) -> None:
+def controlnet_case(args, m, latent, plans, conds, run, clock, reports, apply_otcache, header) -> None:
     """Speedups with a FLUX ControlNet, control model always run (before) and skipped at reused steps (after)."""
     import nodes
     from comfyui.tiny_controls import build_flux_controlnet_like, hint_image
@@ -161,8 +168,8 @@ def controlnet_case(args, m, latent, plans, conds, run, reports, apply_otcache, 
         m.positive(), m.negative(), control, hint_image(latent), 1.0, 0.0, 1.0)
     T = args.steps
     run(m.patcher)  # warm-up with the ControlNet
-    main_timer = ForwardTimer(m.patcher.model.diffusion_model)
-    control_timer = ForwardTimer(control.control_model)
+    main_timer = ForwardTimer(m.patcher.model.diffusion_model, clock)
+    control_timer = ForwardTimer(control.control_model, clock)
     for _ in range(3):
         run(m.patcher)
     main_timer.remove()
