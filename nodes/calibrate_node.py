@@ -369,9 +369,9 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     folder = folder or user_calibration_dir()
     seeds = [seed + k for k in range(samples)]
     sampler, prompt_labels, positives = prompt_sampler(
-        lambda cond: ComfyCalibrationSampler(model, cond, negative, latent, seeds, steps, cfg, sampler_name, scheduler,
-                                             mode),
-        positive, clip, prompts)
+        lambda cond, n: ComfyCalibrationSampler(model, cond, negative, latent, seeds * n, steps, cfg, sampler_name,
+                                                scheduler, mode),
+        positive, clip, prompts, len(seeds), latent["samples"].numel())
     T = sampler.steps
     if T != steps:
         log.info("OTCache Calibrate: the %s sampler runs %d steps for steps=%d", sampler_name, T, steps)

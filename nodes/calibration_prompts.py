@@ -6,10 +6,14 @@ sample is then a (prompt, seed) pair: prompt-major rows ``p * S + s`` for ``P`` 
 seeds. Every stage sees the stacked batch, so the edge errors (relative L1 over the batch) and the
 anchor objective average over prompts x seeds.
 
-Each conditioning runs as its own sampling of the ``S`` seeds rather than as rows of one batch:
-prompts may encode to different token counts (Qwen-Image's tokenizer does not pad) and a connected
-positive may carry areas, masks or control models that cannot be stacked row by row. On a GPU a
-batch of a few seeds of a large model is already a full batch, so little is lost.
+How the prompts are sampled: plain text conditionings of the same shape (one entry, tensors of
+batch 1, the same keys; what CLIP Text Encode makes) are *batched*, each prompt's row repeated for
+its seeds, as long as a run's latent stays within :data:`BATCH_ELEMENTS` elements (never fewer
+than the seeds of one prompt, so a large model samples one prompt at a time, as a calibration
+without prompts does). Anything else (another token count: Qwen-Image's tokenizer does not pad; a
+positive with areas, masks or control models) samples as its own batch of seeds. On a small model
+a batch costs about as much as one row, so batching makes a calibration on P prompts cost about as
+much as one on one prompt; on a large one each prompt is a full batch anyway.
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from ..otcache_core.errors import OTCacheError
 
 CONNECTED_POSITIVE = "(the connected positive)"
 """How the record lists the connected conditioning among the prompts."""
+
+BATCH_ELEMENTS = 1 << 20
+"""Most latent elements of one calibration run that batches several prompts (two 1024x1024 FLUX
+latents; 1024 rows of the DigitFlux testbed)."""
+
+PLAIN = (bool, int, float, str)
 
 
 def prompt_lines(text: str) -> list[str]:
@@ -80,12 +90,12 @@ def _stack(parts: list[Any], name: str) -> Any:
 
 
 class PromptSampler:
-    """The calibration ``Sampler`` over several conditionings: one inner sampler each, results stacked."""
+    """The calibration ``Sampler`` over several batches of samples: one inner sampler each, results stacked."""
 
-    def __init__(self, samplers: Sequence[Any], labels: Sequence[str]) -> None:
+    def __init__(self, samplers: Sequence[Any]) -> None:
         if not samplers:
             raise ValueError("need at least one conditioning")
-        self.samplers, self.labels = list(samplers), list(labels)
+        self.samplers = list(samplers)
         first = self.samplers[0]
         self.steps, self.sigmas = first.steps, first.sigmas
         self.latent_image = torch.cat([s.latent_image for s in self.samplers])
@@ -103,15 +113,65 @@ class PromptSampler:
                               for n, s in enumerate(self.samplers)])
 
 
-def prompt_sampler(make: Callable[[Any], Any], positive: Any, clip: Any, prompts: str) -> tuple[Any, list[str], list[Any]]:
+def _signature(cond: Any) -> tuple | None:
+    """What two conditionings must share to be batched row by row; ``None``: never batched."""
+    if not isinstance(cond, list) or len(cond) != 1:
+        return None
+    context, extras = cond[0]
+    if not torch.is_tensor(context) or context.shape[0] != 1:
+        return None
+    parts = [("", tuple(context.shape), context.dtype)]
+    for key, value in sorted(extras.items()):
+        if torch.is_tensor(value) and value.ndim and value.shape[0] == 1:
+            parts.append((key, tuple(value.shape), value.dtype))
+        elif value is None or isinstance(value, PLAIN):
+            parts.append((key, value))
+        else:
+            return None  # areas, masks, control models, hooks ...
+    return tuple(parts)
+
+
+def _batched(conds: Sequence[Any], repeats: int) -> Any:
+    """One conditioning whose rows are each of ``conds`` repeated ``repeats`` times (prompt-major)."""
+    if len(conds) == 1 and repeats == 1:
+        return conds[0]
+    entries = [c[0] for c in conds]
+    context = torch.cat([e[0] for e in entries]).repeat_interleave(repeats, dim=0)
+    extras = {key: torch.cat([e[1][key] for e in entries]).repeat_interleave(repeats, dim=0)
+              if torch.is_tensor(value) else value for key, value in entries[0][1].items()}
+    return [[context, extras]]
+
+
+def batches(conds: Sequence[Any], seeds: int, row_elements: int, limit: int = BATCH_ELEMENTS) -> list[list[int]]:
+    """Consecutive conditionings that sample as one batch (indices into ``conds``, in order)."""
+    per_prompt = seeds * max(1, row_elements)
+    fit = max(1, limit // per_prompt)
+    out: list[list[int]] = []
+    last = None
+    for index, cond in enumerate(conds):
+        signature = _signature(cond)
+        if out and signature is not None and signature == last and len(out[-1]) < fit:
+            out[-1].append(index)
+        else:
+            out.append([index])
+        last = signature
+    return out
+
+
+def prompt_sampler(make: Callable[[Any, int], Any], positive: Any, clip: Any, prompts: str, seeds: int,
+                   row_elements: int) -> tuple[Any, list[str], list[Any]]:
     """The sampler for ``positive`` plus the ``prompts`` lines, with the record's labels and all conditionings.
 
-    ``make(conditioning)`` builds the sampler of one conditioning. With no prompt lines this is that
-    sampler itself: a calibration without prompts is exactly what it was before prompts existed.
+    ``make(conditioning, n)`` builds the sampler of a conditioning whose rows are ``n`` prompts,
+    each repeated for the ``seeds`` seeds; ``row_elements`` is the size of one latent. With no
+    prompt lines this is ``make(positive, 1)`` itself: a calibration without prompts is exactly
+    what it was before prompts existed.
     """
     lines = prompt_lines(prompts)
     conds = [positive, *encode_prompts(clip, lines, like=positive)]
     labels = [CONNECTED_POSITIVE, *lines]
     if len(conds) == 1:
-        return make(positive), labels, conds
-    return PromptSampler([make(c) for c in conds], labels), labels, conds
+        return make(positive, 1), labels, conds
+    groups = batches(conds, seeds, row_elements)
+    samplers = [make(_batched([conds[i] for i in group], seeds), len(group)) for group in groups]
+    return PromptSampler(samplers), labels, conds

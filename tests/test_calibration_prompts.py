@@ -90,9 +90,39 @@ class RecordingSampler:
 
 def test_a_replay_hands_each_prompt_its_own_rows_of_the_state(prompts):
     a, b = RecordingSampler(2, 10.0), RecordingSampler(3, 20.0)
-    sampler = prompts.PromptSampler([a, b], ["(the connected positive)", "a dog"])
+    sampler = prompts.PromptSampler([a, b])
     state = torch.arange(10.0).reshape(5, 2)
     out = sampler.run([True] * 4, start=1, state=state)
     assert torch.equal(a.seen[0], state[:2]) and torch.equal(b.seen[0], state[2:])
     assert torch.equal(out.final, torch.cat([state[:2] + 10, state[2:] + 20]))
     assert sampler.model_calls == 6 and sampler.latent_image.shape == (5, 2)
+
+
+def text_cond(tokens: int = 8, value: float = 0.0, **plain) -> list:
+    """A conditioning shaped as CLIP Text Encode makes it (one entry, batch-1 tensors)."""
+    return [[torch.full((1, tokens, 4), value), {"pooled_output": torch.full((1, 4), value), **plain}]]
+
+
+def test_text_conditionings_of_one_shape_sample_as_one_batch(prompts):
+    conds = [text_cond(value=v) for v in range(4)]
+    assert prompts.batches(conds, seeds=2, row_elements=64) == [[0, 1, 2, 3]]
+
+
+def test_a_batch_never_exceeds_the_latent_limit_but_always_holds_one_prompt(prompts):
+    conds = [text_cond(value=v) for v in range(5)]
+    assert prompts.batches(conds, seeds=2, row_elements=100, limit=450) == [[0, 1], [2, 3], [4]]
+    assert prompts.batches(conds, seeds=2, row_elements=10**6, limit=450) == [[0], [1], [2], [3], [4]]
+
+
+def test_other_shapes_settings_or_structures_sample_on_their_own(prompts):
+    area = [[torch.zeros(1, 8, 4), {"pooled_output": torch.zeros(1, 4), "area": (8, 8, 0, 0)}]]
+    two_entries = text_cond() + text_cond()
+    conds = [text_cond(), text_cond(tokens=16), text_cond(guidance=2.0), text_cond(guidance=2.0), area, two_entries]
+    assert prompts.batches(conds, seeds=1, row_elements=1) == [[0], [1], [2, 3], [4], [5]]
+
+
+def test_a_batch_repeats_each_prompt_for_its_seeds_prompt_major(prompts):
+    batched = prompts._batched([text_cond(value=1.0, guidance=3.0), text_cond(value=2.0, guidance=3.0)], repeats=3)
+    ((context, extras),) = batched
+    assert context[:, 0, 0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    assert extras["pooled_output"][:, 0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0] and extras["guidance"] == 3.0

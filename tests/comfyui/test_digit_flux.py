@@ -114,19 +114,22 @@ def test_the_record_lists_the_prompts_and_seeds_it_was_calibrated_on(otcache_pac
     assert record.sampler["seeds"] == [0, 1]
 
 
-def test_each_prompt_samples_every_seed_and_the_results_are_stacked(otcache_pack, df, testbed):
+def test_prompts_batched_together_give_what_each_gives_alone(otcache_pack, df, testbed):
     cal = otcache_pack.nodes.calibrate_node
+    latent = {"samples": df.empty_latent(1)}
 
-    def make(cond):
-        return cal.ComfyCalibrationSampler(testbed.patcher, cond, testbed.negative(), {"samples": df.empty_latent(1)},
-                                           [0, 1], STEPS, df.CFG, df.SAMPLER, df.SCHEDULER)
+    def make(cond, n):
+        return cal.ComfyCalibrationSampler(testbed.patcher, cond, testbed.negative(), latent, [0, 1] * n, STEPS,
+                                           df.CFG, df.SAMPLER, df.SCHEDULER)
 
     sampler, labels, _ = otcache_pack.nodes.calibration_prompts.prompt_sampler(
-        make, testbed.encode(CAL_PROMPTS[0]), testbed.clip, CAL_PROMPTS[1])
+        make, testbed.encode(CAL_PROMPTS[0]), testbed.clip, CAL_PROMPTS[1], seeds=2, row_elements=1024)
+    assert len(sampler.samplers) == 1  # one batch of 2 prompts x 2 seeds
     mask = [True, True, False, True, False, False, True, True]
     both = sampler.run(mask).final
-    alone = [make(testbed.encode(text)).run(mask).final for text in CAL_PROMPTS]
-    assert both.shape[0] == 4 and torch.equal(both, torch.cat(alone))
+    alone = torch.cat([make(testbed.encode(text), 1).run(mask).final for text in CAL_PROMPTS])
+    assert both.shape[0] == 4 and torch.allclose(both, alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[:2], both[2:], atol=1e-3)  # the prompts really differ
 
 
 def test_edge_errors_average_over_the_prompts(otcache_pack, df, testbed, tmp_path):
@@ -140,7 +143,7 @@ def test_edge_errors_average_over_the_prompts(otcache_pack, df, testbed, tmp_pat
     measured = np.isfinite(ab) & (ab > 0)
     assert measured.sum() > 10
     low, high = np.minimum(a, b)[measured], np.maximum(a, b)[measured]
-    assert (ab[measured] >= low * (1 - 1e-9)).all() and (ab[measured] <= high * (1 + 1e-9)).all()
+    assert (ab[measured] >= low * (1 - 1e-5)).all() and (ab[measured] <= high * (1 + 1e-5)).all()
     assert (ab[measured] < high).mean() > 0.5  # a real mixture, not one prompt's errors
 
 
