@@ -205,8 +205,9 @@ class Calibration:
     def description(self) -> str:
         """One line: the model it is for, where its schedules come from, T and the two budgets."""
         model = self.model.get("name") or self.model.get("family") or "unknown model"
-        origin = (f"{self.source.get('method', '')} published schedules".strip()
-                  if self.source.get("kind") == "published" else "calibrated")
+        kind = self.source.get("kind")
+        origin = (f"{self.source.get('method', '')} published schedules".strip() if kind == "published"
+                  else str(self.source.get("method") or "a fixed rule") if kind == "rule" else "calibrated")
         return (f"{model}; {origin}, {self.steps} steps, reference {self.reference.schedule.budget} / anchor "
                 f"{self.anchor.schedule.budget} computed")
 
@@ -223,7 +224,8 @@ class Calibration:
             self.description(),
         ]
         if not self.has_rules:
-            lines.append("reuse rules: none measured (a file from before rules): every reused step holds")
+            lines.append("reuse rules: none in this file (a preset, or a calibration from before rules): every reused "
+                         "step holds unless OTCache Apply's 'reuse' picks a rule")
         if anc.method == "published" and not any("published graph schedule" in n for n in self.notes):
             lines.append("the anchor is a published graph schedule, not an Optuna-searched one; calibrate to replace it")
         lines.extend(self.notes)

@@ -25,7 +25,7 @@ from otcache_core.plan import BudgetRule, SchedulePlan
 from otcache_core import presets as presets_module
 from otcache_core.presets import describe_preset, list_presets, load_preset, resolve_preset_name, shipped_preset_dir
 from otcache_core.schedule import Schedule
-from otcache_core.warp import sample_warp, warp_of
+from otcache_core.warp import identity_warp, sample_warp, warp_of
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEDULES = REPO / "schedules"
@@ -44,8 +44,10 @@ EXPECTED = {
     "wan2.1-i2v-14b.json": ("wan2.1-i2v-14b", "wan", ["wan"], 40, 25, 14, "LeMiCa"),
     "hunyuanvideo-1.5.json": ("hunyuanvideo-1.5", "hunyuan_video15", ["hunyuan_video15", "hunyuan_video"], 50, 25, 10, "LeMiCa"),
     "z-image.json": ("z-image", "z_image", ["z_image", "lumina2"], 50, 25, 13, "MeanCache"),
-    "generic.json": ("generic", "any", ["any"], 50, 26, 10, "LeMiCa"),
 }
+"""The presets built from published lists; ``generic.json`` (evenly spaced steps) is checked on its own."""
+GENERIC = "generic.json"
+SHIPPED_NAMES = {v[0] for v in EXPECTED.values()} | {"generic"}
 SOURCE_FIELDS = ("repo", "path", "commit", "line", "license")
 PUBLIC_REPOS = ("UnicomAI/MeanCache", "scruffynerf/LeMiCa (fork of UnicomAI/LeMiCa)")
 ANCHOR_NOTE = "the anchor is a published graph schedule, not an Optuna-searched one"
@@ -66,7 +68,7 @@ def check_source(source: dict, where: str) -> None:
 
 def test_the_shipped_folder_holds_exactly_the_expected_presets():
     assert shipped_preset_dir() == SCHEDULES
-    assert {p.name for p in preset_files()} == set(EXPECTED)
+    assert {p.name for p in preset_files()} == set(EXPECTED) | {GENERIC}
     assert (SCHEDULES / "README.md").is_file()
 
 
@@ -121,10 +123,41 @@ def test_model_specific_facts_are_recorded():
     assert qwen.source["duplicate_sources"][0]["path"] == "ComfyUI-LeMiCa/nodes.py"
     for name in ("qwen-image-2512.json", "z-image.json"):
         assert any("MeanCache" in n for n in load_preset(SCHEDULES / name).notes)
-    generic = load_preset(SCHEDULES / "generic.json")
-    flux = load_preset(SCHEDULES / "flux.1-dev.json")
-    assert generic.reference.schedule == flux.reference.schedule and generic.anchor.schedule == flux.anchor.schedule
+
+
+# --- the generic preset ------------------------------------------------------------------------------
+
+
+def test_the_generic_preset_is_evenly_spaced_steps_for_any_model():
+    generic = load_preset(SCHEDULES / GENERIC)
+    assert generic.name == "generic" and generic.model["families"] == ["any"] and generic.edge_errors is None
+    assert generic.source == {"kind": "rule", "method": "evenly spaced steps"}
+    assert generic.description().startswith("any model; evenly spaced steps")
     assert any("starting point" in n for n in generic.notes)
+    for record in (generic.reference, generic.anchor):
+        steps = record.schedule.compute_steps
+        assert record.method == "even" and len({b - a for a, b in zip(steps, steps[1:])}) == 1
+
+
+@pytest.mark.parametrize("steps", [20, 28, 30, 50])
+def test_generic_gives_even_spacing_at_every_budget(steps):
+    generic = load_preset(SCHEDULES / GENERIC)
+    for budget in range(1, steps + 1):
+        got = SchedulePlan.from_calibration(generic, BudgetRule("steps", budget, steps)).resolve(steps).schedule
+        even = sample_warp(identity_warp(), steps, budget)
+        gaps = np.diff(got.compute_steps)
+        assert got.budget == budget and (budget < 3 or gaps.max() - gaps.min() <= 1), (steps, budget, got)
+        # the same steps, except where an exact half step rounds the other way (28 steps, budget 19)
+        assert got == even or (steps, budget) == (28, 19), (steps, budget, got, even)
+
+
+def test_the_generic_preset_is_what_the_builder_makes():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import build_presets
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    assert build_presets.generic_preset().to_dict() == load_preset(SCHEDULES / GENERIC).to_dict()
 
 
 @pytest.mark.parametrize("filename", sorted(EXPECTED))
@@ -158,7 +191,7 @@ def write(path: Path, document) -> Path:
 
 def test_list_presets_shipped_first_then_user_files_with_suffix(tmp_path):
     shipped = list_presets()
-    assert set(shipped) == {v[0] for v in EXPECTED.values()}
+    assert set(shipped) == SHIPPED_NAMES
     assert all(p.parent == SCHEDULES for p in shipped.values())
 
     flux = json.loads((SCHEDULES / "flux.1-dev.json").read_text(encoding="utf-8"))
@@ -189,7 +222,7 @@ def test_list_presets_shipped_first_then_user_files_with_suffix(tmp_path):
 def test_list_presets_reports_a_missing_folder(tmp_path):
     warnings: list[str] = []
     found = list_presets(tmp_path / "nowhere", warnings=warnings)
-    assert set(found) == {v[0] for v in EXPECTED.values()}
+    assert set(found) == SHIPPED_NAMES
     assert len(warnings) == 1 and "nowhere" in warnings[0]
 
 
@@ -228,7 +261,7 @@ def strings_in(value) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-@pytest.mark.parametrize("filename", sorted(EXPECTED))
+@pytest.mark.parametrize("filename", sorted([*EXPECTED, GENERIC]))
 def test_a_preset_cites_no_local_path(filename):
     """Sources are public repositories, files in them and commits: never a path of the machine that built it."""
     for text in strings_in(json.loads((SCHEDULES / filename).read_text(encoding="utf-8"))):
@@ -252,6 +285,8 @@ def test_build_presets_rebuilds_identical_files(tmp_path):
     index = {(e["source"]["path"], e["source"]["line"], e["budget"]): e for e in data["entries"]}
     for path in preset_files():
         cal = Calibration.load(path)
+        if path.name == GENERIC:
+            continue  # not from the data
         items = [{"compute_steps": list(r.schedule.compute_steps), "budget": r.schedule.budget,
                   "source": r.details["source"]} for r in (cal.reference, cal.anchor)]
         for item in items + cal.source["published_lists"]:
@@ -273,7 +308,7 @@ def measurement_rows() -> list[dict]:
     rows = []
     for path in preset_files():
         cal = load_preset(path)
-        if cal.family == "any":  # the generic preset repeats FLUX.1-dev
+        if cal.source.get("kind") != "published":  # generic: evenly spaced steps
             continue
         ref, anc, T = cal.reference.schedule, cal.anchor.schedule, cal.steps
         for item in cal.source["published_lists"]:

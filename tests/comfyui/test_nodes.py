@@ -179,10 +179,10 @@ def test_preset_values_are_short_ids_and_descriptions_go_to_the_tooltip(nodes, u
     names, options = nodes.OTCacheSchedule.INPUT_TYPES()["required"]["preset"]
     assert "generic" in names and LEGACY_GENERIC not in names
     assert all(" " not in name for name in names), "a shipped preset id has a space"
-    assert "generic: any model (FLUX.1-dev published shape); LeMiCa published schedules" in options["tooltip"]
+    assert "generic: any model; evenly spaced steps" in options["tooltip"]
     assert "\nflux.1-dev: FLUX.1-dev; LeMiCa published schedules, 50 steps" in options["tooltip"]
     _, _, summary = make(nodes, preset="generic")
-    assert "any model (FLUX.1-dev published shape)" in summary
+    assert "any model; evenly spaced steps" in summary
 
 
 def test_a_workflow_saved_with_the_former_generic_value_gets_the_same_preset(nodes, user_dir):
