@@ -144,7 +144,7 @@ steps (up to which way an exact half step rounds)."""
 GENERIC_NOTES = (
     "evenly spaced computed steps at every budget and step count: a starting point for models without a "
     "calibration. Measured on both testbeds (TinyDiT and the trained ComfyUI Flux of tests/comfyui), no other "
-    "shape was as safe: the former generic (the FLUX.1-dev published shape) lost 1 to 11 dB PSNR to even spacing "
+    "shape was as safe: the former generic (the FLUX.1-dev published shape) lost 1 to 13 dB PSNR to even spacing "
     "at every budget, in both reuse modes and with every reuse rule (benchmarks/RESULTS.md)",
     "calibrate the model (OTCache Calibrate) for a schedule fitted to it",
 )
