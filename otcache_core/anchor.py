@@ -143,13 +143,15 @@ def open_storage(optuna, url: str, heartbeat: int | None = HEARTBEAT_SECONDS, gr
 
 def _open_study(optuna, study_name: str | None, storage: str | None, sampler, heartbeat: int | None,
                 grace: int | None, attempts: int = 5):
-    """Create or load the study; retried, because two workers starting at once race to create it."""
+    """The study and its RDB storage (``None`` in memory), created or loaded; retried, because two
+    workers starting at once race to create it."""
     for attempt in range(attempts):
         try:
             rdb = open_storage(optuna, storage, heartbeat, grace) if storage is not None else None
-            return optuna.create_study(
+            study = optuna.create_study(
                 study_name=study_name, storage=rdb, sampler=sampler, direction="minimize", load_if_exists=True
             )
+            return study, rdb
         except Exception as exc:  # bad URL, unreachable server, missing driver, or the creation race
             if attempt == attempts - 1:
                 raise OTCacheError(f"cannot open the Optuna storage {storage!r}: {_one_line(exc)}") from exc
@@ -275,9 +277,14 @@ class _SharedSearch:
     :func:`search_anchor`): every trial runs inside ``study.optimize``, where Optuna records
     heartbeats and marks a trial failed when the objective raises."""
 
-    def __init__(self, optuna, study, objective: ScheduleObjective, steps: int, budget: int, n_trials: int,
-                 n_bins: int, on_trial: Callable[[int, Schedule, float], None] | None) -> None:
+    def __init__(self, optuna, study, storage, objective: ScheduleObjective, steps: int, budget: int,
+                 n_trials: int, n_bins: int, on_trial: Callable[[int, Schedule, float], None] | None) -> None:
         self.optuna, self.study, self.objective = optuna, study, objective
+        self.beats = storage if storage is not None and storage.get_heartbeat_interval() is not None else None
+        """The storage, where trials send heartbeats."""
+        self.watched: dict[int, float | None] = {}
+        """Running trials of other workers (number): when this worker began waiting on each (``None``:
+        it has had its heartbeat from this worker)."""
         self.steps, self.budget, self.n_trials, self.n_bins, self.on_trial = steps, budget, n_trials, n_bins, on_trial
         self.names = [f"log_density_{i}" for i in range(n_bins)]
         self.known = dict(self.view().values)
@@ -294,7 +301,15 @@ class _SharedSearch:
     def has_room(self, view: _StudyView) -> bool:
         return len(view.completed) + len(view.running) < self.n_trials
 
+    def trial_id(self, number: int) -> int:
+        study_id = self.beats.get_study_id_from_name(self.study.study_name)
+        return self.beats.get_trial_id_from_study_id_trial_number(study_id, number)
+
     def run_trial(self, trial) -> float:
+        if self.beats is not None:
+            # Optuna's first heartbeat comes from a thread that may not have run yet; a worker killed
+            # before it would leave a trial that never goes stale. Beat once here, before any work.
+            self.beats.record_heartbeat(self.trial_id(trial.number))
         view = self.view()
         if len(view.completed) + len(view.running) - 1 >= self.n_trials:  # - 1: this trial is running too
             raise self.optuna.TrialPruned("the study has all its trials, completed or running elsewhere")
@@ -329,7 +344,23 @@ class _SharedSearch:
             if "Cannot tell a COMPLETE trial" not in str(exc):
                 raise
 
+    def beat_for_silent_trials(self, running: Sequence[Any]) -> None:
+        """Record one heartbeat for each running trial this worker has waited on for longer than a
+        grace period and two beats: a worker killed between registering its trial and the trial's
+        first heartbeat leaves a trial Optuna never fails (only a trial with a heartbeat goes stale).
+        A live worker goes on beating; a dead one's trial goes stale one grace period later."""
+        interval = self.beats.get_heartbeat_interval()
+        patience = (self.beats.grace_period or 2 * interval) + 2 * interval
+        now = time.monotonic()
+        self.watched = {t.number: self.watched.get(t.number, now) for t in running}
+        for number, since in self.watched.items():
+            if since is not None and now - since > patience:
+                self.beats.record_heartbeat(self.trial_id(number))
+                self.watched[number] = None  # once: a dead worker's trial must be allowed to go stale
+
     def wait_for_others(self, view: _StudyView) -> None:
+        if self.beats is not None:
+            self.beat_for_silent_trials(view.running)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial fails, and is queued again
@@ -437,8 +468,8 @@ def search_anchor(
             raise OTCacheError(f"initial anchor candidates must have {B} of {T} steps, got {schedule}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # an interrupted trial is reported by the host
     sampler = trial_seeded_sampler(optuna, seed, max(1, min(10, n_trials // 3)))
-    study = _open_study(optuna, study_name, storage, sampler, heartbeat, grace)
-    search = _SharedSearch(optuna, study, objective, T, B, n_trials, n_bins, on_trial)
+    study, rdb = _open_study(optuna, study_name, storage, sampler, heartbeat, grace)
+    search = _SharedSearch(optuna, study, rdb, objective, T, B, n_trials, n_bins, on_trial)
     resumed = len(search.view().completed)
     for schedule in initial[:n_trials]:
         # Evaluated exactly, so the anchor is never worse than, e.g., the reference resampled to

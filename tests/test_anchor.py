@@ -189,6 +189,26 @@ def test_the_trial_of_a_killed_worker_is_failed_and_run_again(tmp_path):
     assert result.trials == 4
 
 
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_run_again(tmp_path):
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search_anchor(distance_to_target, 30, 9, n_trials=3, seed=0, storage=url, study_name="s", polish=0)
+    study = optuna.load_study(study_name="s", storage=url)
+    orphan = study.ask()  # registered as running by a worker that died before it sent a heartbeat
+    orphan.set_user_attr("compute_steps", list(TARGET))
+    started = time.monotonic()
+    result = search_anchor(distance_to_target, 30, 9, n_trials=4, seed=0, storage=url, study_name="s", polish=0,
+                           heartbeat=1, grace=1)
+    assert result.trials == 4 and time.monotonic() - started < 30
+    assert [t.number for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,))] == [orphan.number]
+    (retried,) = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                  if t.system_attrs.get("failed_trial") == orphan.number]
+    assert retried.user_attrs["compute_steps"] == list(TARGET) and result.schedule.compute_steps == TARGET
+
+
 class Interrupted(Exception):
     pass
 
