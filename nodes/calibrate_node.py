@@ -371,7 +371,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     sampler, prompt_labels, positives = prompt_sampler(
         lambda cond, n: ComfyCalibrationSampler(model, cond, negative, latent, seeds * n, steps, cfg, sampler_name,
                                                 scheduler, mode),
-        positive, clip, prompts, len(seeds), latent["samples"].numel())
+        positive, clip, prompts, len(seeds) * latent["samples"].shape[0], latent["samples"][0].numel())
     T = sampler.steps
     if T != steps:
         log.info("OTCache Calibrate: the %s sampler runs %d steps for steps=%d", sampler_name, T, steps)

@@ -52,7 +52,7 @@ def encode_prompts(clip: Any, prompts: Sequence[str], like: Any = None) -> list[
     if prompts and clip is None:
         raise OTCacheError("'prompts' needs a connected 'clip' to encode them: connect the CLIP of your text "
                            "encoder loader, or clear 'prompts'")
-    settings = {k: v for k, v in (like[0][1] if like else {}).items() if isinstance(v, (bool, int, float, str))}
+    settings = {k: v for k, v in (like[0][1] if like else {}).items() if isinstance(v, PLAIN)}
     encoded = [clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in prompts]
     return [[[context, {**settings, **extras}] for context, extras in cond] for cond in encoded]
 
@@ -132,8 +132,9 @@ def _signature(cond: Any) -> tuple | None:
 
 
 def _batched(conds: Sequence[Any], repeats: int) -> Any:
-    """One conditioning whose rows are each of ``conds`` repeated ``repeats`` times (prompt-major)."""
-    if len(conds) == 1 and repeats == 1:
+    """One conditioning whose rows are each of ``conds`` repeated ``repeats`` times (prompt-major); a
+    single conditioning is returned as it is (ComfyUI repeats a batch-1 conditioning itself)."""
+    if len(conds) == 1:
         return conds[0]
     entries = [c[0] for c in conds]
     context = torch.cat([e[0] for e in entries]).repeat_interleave(repeats, dim=0)
@@ -142,9 +143,10 @@ def _batched(conds: Sequence[Any], repeats: int) -> Any:
     return [[context, extras]]
 
 
-def batches(conds: Sequence[Any], seeds: int, row_elements: int, limit: int = BATCH_ELEMENTS) -> list[list[int]]:
-    """Consecutive conditionings that sample as one batch (indices into ``conds``, in order)."""
-    per_prompt = seeds * max(1, row_elements)
+def batches(conds: Sequence[Any], rows: int, row_elements: int, limit: int = BATCH_ELEMENTS) -> list[list[int]]:
+    """Consecutive conditionings that sample as one batch (indices into ``conds``, in order), for
+    ``rows`` latent rows of ``row_elements`` elements per prompt."""
+    per_prompt = rows * max(1, row_elements)
     fit = max(1, limit // per_prompt)
     out: list[list[int]] = []
     last = None
@@ -158,20 +160,20 @@ def batches(conds: Sequence[Any], seeds: int, row_elements: int, limit: int = BA
     return out
 
 
-def prompt_sampler(make: Callable[[Any, int], Any], positive: Any, clip: Any, prompts: str, seeds: int,
+def prompt_sampler(make: Callable[[Any, int], Any], positive: Any, clip: Any, prompts: str, rows: int,
                    row_elements: int) -> tuple[Any, list[str], list[Any]]:
     """The sampler for ``positive`` plus the ``prompts`` lines, with the record's labels and all conditionings.
 
     ``make(conditioning, n)`` builds the sampler of a conditioning whose rows are ``n`` prompts,
-    each repeated for the ``seeds`` seeds; ``row_elements`` is the size of one latent. With no
-    prompt lines this is ``make(positive, 1)`` itself: a calibration without prompts is exactly
-    what it was before prompts existed.
+    each repeated for its ``rows`` latent rows (seeds x latent batch, in the sampler's order);
+    ``row_elements`` is the size of one latent row. With no prompt lines this is ``make(positive,
+    1)`` itself: a calibration without prompts is exactly what it was before prompts existed.
     """
     lines = prompt_lines(prompts)
     conds = [positive, *encode_prompts(clip, lines, like=positive)]
     labels = [CONNECTED_POSITIVE, *lines]
     if len(conds) == 1:
         return make(positive, 1), labels, conds
-    groups = batches(conds, seeds, row_elements)
-    samplers = [make(_batched([conds[i] for i in group], seeds), len(group)) for group in groups]
+    groups = batches(conds, rows, row_elements)
+    samplers = [make(_batched([conds[i] for i in group], rows), len(group)) for group in groups]
     return PromptSampler(samplers), labels, conds

@@ -105,20 +105,20 @@ def text_cond(tokens: int = 8, value: float = 0.0, **plain) -> list:
 
 def test_text_conditionings_of_one_shape_sample_as_one_batch(prompts):
     conds = [text_cond(value=v) for v in range(4)]
-    assert prompts.batches(conds, seeds=2, row_elements=64) == [[0, 1, 2, 3]]
+    assert prompts.batches(conds, rows=2, row_elements=64) == [[0, 1, 2, 3]]
 
 
 def test_a_batch_never_exceeds_the_latent_limit_but_always_holds_one_prompt(prompts):
     conds = [text_cond(value=v) for v in range(5)]
-    assert prompts.batches(conds, seeds=2, row_elements=100, limit=450) == [[0, 1], [2, 3], [4]]
-    assert prompts.batches(conds, seeds=2, row_elements=10**6, limit=450) == [[0], [1], [2], [3], [4]]
+    assert prompts.batches(conds, rows=2, row_elements=100, limit=450) == [[0, 1], [2, 3], [4]]
+    assert prompts.batches(conds, rows=2, row_elements=10**6, limit=450) == [[0], [1], [2], [3], [4]]
 
 
 def test_other_shapes_settings_or_structures_sample_on_their_own(prompts):
     area = [[torch.zeros(1, 8, 4), {"pooled_output": torch.zeros(1, 4), "area": (8, 8, 0, 0)}]]
     two_entries = text_cond() + text_cond()
     conds = [text_cond(), text_cond(tokens=16), text_cond(guidance=2.0), text_cond(guidance=2.0), area, two_entries]
-    assert prompts.batches(conds, seeds=1, row_elements=1) == [[0], [1], [2, 3], [4], [5]]
+    assert prompts.batches(conds, rows=1, row_elements=1) == [[0], [1], [2, 3], [4], [5]]
 
 
 def test_a_batch_repeats_each_prompt_for_its_seeds_prompt_major(prompts):
@@ -126,3 +126,8 @@ def test_a_batch_repeats_each_prompt_for_its_seeds_prompt_major(prompts):
     ((context, extras),) = batched
     assert context[:, 0, 0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
     assert extras["pooled_output"][:, 0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0] and extras["guidance"] == 3.0
+
+
+def test_a_conditioning_alone_is_left_as_it_is(prompts):
+    area = [[torch.zeros(1, 8, 4), {"area": (8, 8, 0, 0)}], [torch.ones(1, 8, 4), {}]]
+    assert prompts._batched([area], repeats=4) is area

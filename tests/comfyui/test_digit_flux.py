@@ -114,22 +114,24 @@ def test_the_record_lists_the_prompts_and_seeds_it_was_calibrated_on(otcache_pac
     assert record.sampler["seeds"] == [0, 1]
 
 
-def test_prompts_batched_together_give_what_each_gives_alone(otcache_pack, df, testbed):
+@pytest.mark.parametrize("latent_batch", [1, 2])
+def test_prompts_batched_together_give_what_each_gives_alone(otcache_pack, df, testbed, latent_batch):
     cal = otcache_pack.nodes.calibrate_node
-    latent = {"samples": df.empty_latent(1)}
+    latent = {"samples": df.empty_latent(latent_batch)}
 
     def make(cond, n):
         return cal.ComfyCalibrationSampler(testbed.patcher, cond, testbed.negative(), latent, [0, 1] * n, STEPS,
                                            df.CFG, df.SAMPLER, df.SCHEDULER)
 
+    rows = 2 * latent_batch
     sampler, labels, _ = otcache_pack.nodes.calibration_prompts.prompt_sampler(
-        make, testbed.encode(CAL_PROMPTS[0]), testbed.clip, CAL_PROMPTS[1], seeds=2, row_elements=1024)
+        make, testbed.encode(CAL_PROMPTS[0]), testbed.clip, CAL_PROMPTS[1], rows=rows, row_elements=1024)
     assert len(sampler.samplers) == 1  # one batch of 2 prompts x 2 seeds
     mask = [True, True, False, True, False, False, True, True]
     both = sampler.run(mask).final
     alone = torch.cat([make(testbed.encode(text), 1).run(mask).final for text in CAL_PROMPTS])
-    assert both.shape[0] == 4 and torch.allclose(both, alone, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(both[:2], both[2:], atol=1e-3)  # the prompts really differ
+    assert both.shape[0] == 2 * rows and torch.allclose(both, alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[:rows], both[rows:], atol=1e-3)  # the prompts really differ
 
 
 def test_edge_errors_average_over_the_prompts(otcache_pack, df, testbed, tmp_path):
