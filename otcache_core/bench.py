@@ -12,13 +12,20 @@ calibration samples), the same budgets ``B`` (computed steps of ``T``) for every
 * **lemica**: the leximax graph path solved at each budget from the same edge errors (and from
   ``global`` errors, LeMiCa's own strength: ``lemica-global``, and from ``drift``: ``lemica-drift``;
   ``lemica-model``: the same paths with ``model`` reuse, next to ``otcache-model``);
+* **corrected reuse** (:mod:`otcache_core.reuse`): ``otcache-corrected`` / ``otcache-model-corrected``,
+  one calibration per reuse mode that measures every edge under each candidate rule, every segment
+  reusing with the rule its edge did best with; ``lemica-corrected`` / ``lemica-model-corrected``, the
+  graph path at each budget from the same best-rule edge errors with the same per-edge rules (the
+  MeanCache-style baseline: graph-path steps, a correction chosen per segment); and evenly spaced
+  steps with plain linear extrapolation everywhere (``uniform-linear`` / ``uniform-model-linear``);
 * **uniform** spacing and the published-style **hand** schedule
   (:func:`otcache_core.baselines.hand_schedule`);
 * runtime-adaptive **teacache**, **magcache**, **easycache** (:mod:`otcache_core.baselines`), their
   thresholds bisected on the evaluation batch until they compute exactly ``B`` steps.
 
-Fidelity is PSNR/SSIM of decoded images and relative L1 of latents against full compute; speedups
-are ideal (``T/B``) and measured (median wall time of full runs over cached runs, same process).
+Fidelity is PSNR (mean over images and the worst image) and SSIM of decoded images and relative L1
+of latents against full compute; speedups are ideal (``T/B``) and measured (median wall time of full
+runs over cached runs, same process).
 This is a benchmark, not a test: the numbers are what they are.
 """
 
@@ -36,6 +43,7 @@ import torch
 
 from .baselines import ThresholdPolicy, hand_schedule, make_policies, tune_threshold
 from .calibrate import (
+    DEFAULT_RULES,
     CalibrationSettings,
     calibrate,
     default_budgets,
@@ -48,6 +56,7 @@ from .calibration import Calibration, ScheduleRecord, matrix_to_json
 from .graph import solve_reference
 from .jsonfile import save_json
 from .plan import BudgetRule, SchedulePlan
+from .reuse import HOLD, LINEAR, rules_summary
 from .schedule import Schedule
 from .testbed_task import (
     ProgressBar,
@@ -86,6 +95,8 @@ class BenchSettings:
     """Also run OTCache with ``model`` reuse (the whole model output change)."""
     calibrate_model_mode: bool = False
     """``True``: a separate calibration in ``model`` mode; ``False``: the ``blocks`` calibration's schedules."""
+    rules: tuple[str, ...] = DEFAULT_RULES
+    """Candidate reuse rules of the corrected calibrations (one per reuse mode); empty: none."""
     repeats: int = 3
     tune_evaluations: int = 30
 
@@ -114,10 +125,13 @@ class BenchRow:
     mode: str = "blocks"
     compute_steps: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    psnr_worst: float = float("nan")
+    """PSNR of the worst evaluation image."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": self.method, "budget": self.budget, "psnr": _finite(self.psnr), "ssim": self.ssim,
+            "method": self.method, "budget": self.budget, "psnr": _finite(self.psnr),
+            "psnr_worst": _finite(self.psnr_worst), "ssim": self.ssim,
             "rel_l1": self.rel_l1, "speedup_ideal": self.speedup_ideal, "speedup_measured": self.speedup_measured,
             "mode": self.mode, "compute_steps": list(self.compute_steps), **self.extra,
         }
@@ -150,6 +164,8 @@ class Calibrations:
     """Leximax reference at ``B_ref`` per strength."""
     model_mode: Calibration | None
     cost: dict[str, Any]
+    corrected: dict[str, tuple[Calibration, np.ndarray]] = field(default_factory=dict)
+    """Reuse mode -> the calibration that measured the reuse rules, and its best-rule edge errors."""
 
 
 def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: ProgressBar) -> Calibrations:
@@ -158,11 +174,11 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
     distance, objective_name, why = anchor_objective(settings.anchor_share)
     if why:
         bar.message(f"note: {why}")
-    cal_settings = CalibrationSettings(ref_budget, anchor_budget, strength=settings.strength,
-                                       max_skip=settings.max_skip, trials=settings.trials, seed=seed, rules=("hold",))
-
-    def run(mode: str) -> tuple[Calibration, np.ndarray]:
-        bar.message(f"calibration ({mode} reuse, {settings.strength} edges, {len(task.calibration)} samples)")
+    def run(mode: str, rules: tuple[str, ...] = (HOLD,)) -> tuple[Calibration, np.ndarray]:
+        bar.message(f"calibration ({mode} reuse, {settings.strength} edges, rules {', '.join(rules)}, "
+                    f"{len(task.calibration)} samples)")
+        cal_settings = CalibrationSettings(ref_budget, anchor_budget, strength=settings.strength,
+                                           max_skip=settings.max_skip, trials=settings.trials, seed=seed, rules=rules)
         outcome = calibrate(task.sampler(task.calibration, mode), cal_settings, distance=distance,
                             objective_name=objective_name, name=f"testbed-T{T}-{mode}", model=task.model_info,
                             sampler_info=task.sampler_info(mode), progress=bar, log=bar.message)
@@ -201,12 +217,18 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
     if settings.model_mode and settings.calibrate_model_mode:
         model_mode, _ = run("model")
         cost["otcache-model"] = _cost_entry(model_mode, len(task.calibration), objective_name)
-    return Calibrations(main, errors, references, model_mode, cost)
+    corrected = {}
+    if settings.rules:
+        for mode in ("blocks", "model") if settings.model_mode else ("blocks",):
+            corrected[mode] = run(mode, tuple(settings.rules))
+            cost[CORRECTED[mode]] = _cost_entry(corrected[mode][0], len(task.calibration), objective_name)
+    return Calibrations(main, errors, references, model_mode, cost, corrected)
 
 
 def _cost_entry(calibration: Calibration, samples: int, objective: str) -> dict[str, Any]:
     calls, seconds = calibration.cost["model_calls"], calibration.cost["seconds"]
     return {"samples": samples, "strength": calibration.edge_errors["strength"], "objective": objective,
+            "rules": calibration.edge_errors.get("candidates", [HOLD]),
             "model_calls": calls, "seconds": seconds, "total_model_calls": sum(calls.values()),
             "total_seconds": round(sum(seconds.values()), 3)}
 
@@ -220,31 +242,53 @@ def _with_reference(calibration: Calibration, reference: Schedule, strength: str
 
 
 @dataclass(frozen=True)
+class Planned:
+    """What a static method runs at one budget: the schedule, its segments' reuse rules, and facts."""
+
+    schedule: Schedule
+    rules: tuple[str, ...] | str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StaticMethod:
-    """A method that fixes the schedule before sampling."""
+    """A method that fixes the schedule (and its segments' reuse rules) before sampling."""
 
     name: str
-    schedule: Callable[[int], tuple[Schedule, dict[str, Any]]]
+    plan: Callable[[int], Planned]
     mode: str = "blocks"
     min_budget: int = 1
     """Smallest budget the method can meet exactly (a warm-up prefix of P needs P + 1)."""
 
 
+CORRECTED = {"blocks": "otcache-corrected", "model": "otcache-model-corrected"}
+"""The corrected OTCache row of each reuse mode."""
+
+
 def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> list[StaticMethod]:
     T, K = task.steps, settings.max_skip
 
-    def otcache(calibration: Calibration, **plan_kwargs: Any) -> Callable[[int], tuple[Schedule, dict]]:
-        def make(B: int) -> tuple[Schedule, dict]:
+    def otcache(calibration: Calibration, **plan_kwargs: Any) -> Callable[[int], Planned]:
+        def make(B: int) -> Planned:
             plan = SchedulePlan.from_calibration(calibration, BudgetRule("steps", B, T), **plan_kwargs)
-            p = plan.resolve(T).prediction
-            return p.schedule, {"lambda": p.lam, "regime": p.regime, "extrapolated": p.extrapolated}
+            resolved = plan.resolve(T)
+            p = resolved.prediction
+            return Planned(p.schedule, resolved.rules, {"lambda": p.lam, "regime": p.regime,
+                                                         "extrapolated": p.extrapolated,
+                                                         "rule_fallbacks": resolved.fallbacks})
         return make
 
-    def graph(errors: np.ndarray) -> Callable[[int], tuple[Schedule, dict]]:
-        def make(B: int) -> tuple[Schedule, dict]:
+    def graph(errors: np.ndarray, calibration: Calibration | None = None) -> Callable[[int], Planned]:
+        table = None if calibration is None else calibration.edge_rules()
+
+        def make(B: int) -> Planned:
             path = solve_reference(errors, T, B, max_skip=K)
-            return path.schedule, {"worst_segment": path.worst_segment}
+            rules = None if table is None else table.segment_rules(path.schedule)[0]
+            return Planned(path.schedule, rules, {"worst_segment": path.worst_segment})
         return make
+
+    def uniform(rules: str | None = None) -> Callable[[int], Planned]:
+        return lambda B: Planned(sample_warp(identity_warp(), T, B), rules)
 
     main = cals.main
     methods = [
@@ -263,8 +307,15 @@ def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> l
         methods.append(StaticMethod(f"lemica-{strength}", graph(cals.errors[strength])))
     if settings.model_mode:
         methods.append(StaticMethod("lemica-model", graph(cals.errors[settings.strength]), mode="model"))
-    methods.append(StaticMethod("uniform", lambda B: (sample_warp(identity_warp(), T, B), {})))
-    methods.append(StaticMethod("hand", lambda B: (hand_schedule(T, B), {})))
+    methods.append(StaticMethod("uniform", uniform()))
+    methods.append(StaticMethod("hand", lambda B: Planned(hand_schedule(T, B))))
+    for mode, (calibration, errors) in cals.corrected.items():
+        suffix = "" if mode == "blocks" else "-model"
+        methods += [
+            StaticMethod(CORRECTED[mode], otcache(calibration), mode=mode),
+            StaticMethod(f"lemica{suffix}-corrected", graph(errors, calibration), mode=mode),
+            StaticMethod(f"uniform{suffix}-linear", uniform(LINEAR), mode=mode),
+        ]
     return methods
 
 
@@ -309,10 +360,15 @@ def run_bench(json_path: str | Path | None = None, quick: bool = False, seed: in
             bar("methods", done, total)
             if method.min_budget > B:
                 continue
-            schedule, extra = method.schedule(B)
+            planned = method.plan(B)
             sampler = samplers[method.mode]
+            extra = dict(planned.extra)
+            if planned.rules is not None:
+                extra["rules"] = planned.rules if isinstance(planned.rules, str) else rules_summary(
+                    r for (i, j), r in zip(planned.schedule.segments(), planned.rules) for _ in range(j - i - 1))
+            rules = planned.rules if planned.rules is None or isinstance(planned.rules, str) else list(planned.rules)
             rows.append(_evaluate(method.name, method.mode, sampler, meter, full, B, extra,
-                                  lambda: sampler.sample(schedule), schedule))
+                                  lambda: sampler.sample(planned.schedule, rules=rules), planned.schedule))
         for name, policy in policies.items():
             tuned = tune_threshold(samplers["blocks"], policy, B, lower=lower.get(name),
                                    max_evaluations=settings.tune_evaluations)
@@ -343,7 +399,8 @@ def _evaluate(method: str, mode: str, sampler, meter: SpeedMeter, full: torch.Te
     speed, _ = meter.speedup(run, seconds)
     fid = fidelity(cached, full)
     T = sampler.steps
-    return BenchRow(method, budget, fid.psnr, fid.ssim, fid.rel_l1, T / len(steps), speed, mode, steps, extra)
+    return BenchRow(method, budget, fid.psnr, fid.ssim, fid.rel_l1, T / len(steps), speed, mode, steps, extra,
+                    fid.psnr_worst)
 
 
 def _document(task: Task, settings: BenchSettings, cals: Calibrations, rows: Sequence[BenchRow],
@@ -363,6 +420,7 @@ def _document(task: Task, settings: BenchSettings, cals: Calibrations, rows: Seq
             "references": {k: list(v.compute_steps) for k, v in cals.references.items()},
             "model_mode_anchor": None if cals.model_mode is None else list(cals.model_mode.anchor.schedule.compute_steps),
             "edge_errors": {k: matrix_to_json(v) for k, v in cals.errors.items()},
+            "corrected": {mode: cal.to_dict() for mode, (cal, _) in cals.corrected.items()},
         },
         "task": {
             "model": task.model_info, "sampler": task.sampler_info(), "calibration_samples": len(task.calibration),
@@ -384,22 +442,26 @@ def format_report(document: dict[str, Any]) -> str:
     rows = document["results"]
     T = document["steps"]
     lines = [f"## OTCache bench: T={T}, held-out samples vs full compute", "",
-             "| method | mode | B | ideal speedup | measured speedup | PSNR (dB) | SSIM | rel L1 | compute steps |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| method | mode | B | ideal speedup | measured speedup | PSNR (dB) | worst PSNR | SSIM | rel L1 | "
+             "rules | compute steps |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: -r["budget"]):
         psnr = "inf" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        worst = "inf" if r.get("psnr_worst") is None else f"{r['psnr_worst']:.2f}"
         lines.append(f"| {r['method']} | {r['mode']} | {r['budget']} | {r['speedup_ideal']:.2f}x | "
-                     f"{r['speedup_measured']:.2f}x | {psnr} | {r['ssim']:.4f} | {r['rel_l1']:.4f} | "
-                     f"{','.join(map(str, r['compute_steps']))} |")
-    lines += ["", pivot_table(rows, "psnr", "PSNR (dB)"), "", pivot_table(rows, "ssim", "SSIM", digits=4), ""]
+                     f"{r['speedup_measured']:.2f}x | {psnr} | {worst} | {r['ssim']:.4f} | {r['rel_l1']:.4f} | "
+                     f"{r.get('rules', HOLD)} | {','.join(map(str, r['compute_steps']))} |")
+    lines += ["", pivot_table(rows, "psnr", "PSNR (dB)"), "", pivot_table(rows, "psnr_worst", "worst-image PSNR (dB)"),
+              "", pivot_table(rows, "ssim", "SSIM", digits=4), ""]
     lines += winners(rows)
+    lines += ["", *corrected_margins(rows)]
     lines += ["", "### Calibration cost", "", "| what | samples | model calls | seconds |", "|---|---:|---:|---:|"]
     cost = document["calibration_cost"]
-    for key in ("otcache", "otcache-model"):
+    for key in ("otcache", "otcache-model", *CORRECTED.values()):
         if key in cost:
             c = cost[key]
-            lines.append(f"| {key} (all stages, {c['strength']} edges) | {c['samples']} | {c['total_model_calls']} | "
-                         f"{c['total_seconds']:.1f} |")
+            lines.append(f"| {key} (all stages, {c['strength']} edges, rules {', '.join(c.get('rules', [HOLD]))}) | "
+                         f"{c['samples']} | {c['total_model_calls']} | {c['total_seconds']:.1f} |")
     for strength, c in cost.get("edges", {}).items():
         lines.append(f"| {strength} edge errors only | {c['samples']} | {c['model_calls']} | {c['seconds']:.1f} |")
     if "adaptive" in cost:
@@ -416,7 +478,7 @@ def pivot_table(rows: Sequence[dict], key: str, label: str, digits: int = 2) -> 
     """``key`` by method (rows) and budget (columns); the best value per budget in bold."""
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    value = {(r["method"], r["budget"]): (r[key] if r[key] is not None else float("inf")) for r in rows}
+    value = {(r["method"], r["budget"]): (r.get(key) if r.get(key) is not None else float("inf")) for r in rows}
     best = {b: max(value[(m, b)] for m in methods if (m, b) in value) for b in budgets}
     lines = [f"| {label} | " + " | ".join(f"B={b}" for b in budgets) + " |",
              "|---|" + "---:|" * len(budgets)]
@@ -430,8 +492,10 @@ def pivot_table(rows: Sequence[dict], key: str, label: str, digits: int = 2) -> 
     return "\n".join(lines)
 
 
-MAIN_OTCACHE = {"blocks": "otcache", "model": "otcache-model"}
-"""The OTCache row compared with the other methods of the same reuse mode."""
+MAIN_OTCACHE = {"otcache": ("blocks", "lemica"), "otcache-model": ("model", "lemica-model"),
+                "otcache-corrected": ("blocks", "lemica-corrected"),
+                "otcache-model-corrected": ("model", "lemica-model-corrected")}
+"""The OTCache rows compared with the other methods of their reuse mode, and the graph path of each."""
 
 
 def winners(rows: Sequence[dict]) -> list[str]:
@@ -443,7 +507,7 @@ def winners(rows: Sequence[dict]) -> list[str]:
         psnr = {r["method"]: (r["psnr"] if r["psnr"] is not None else float("inf")) for r in at_budget}
         best = max(psnr, key=psnr.get)
         parts = [f"best {best} ({psnr[best]:.2f} dB)"]
-        for mode, ours in MAIN_OTCACHE.items():
+        for ours, (mode, lemica) in MAIN_OTCACHE.items():
             if ours not in psnr:
                 continue
             others = {r["method"]: psnr[r["method"]] for r in at_budget
@@ -452,9 +516,42 @@ def winners(rows: Sequence[dict]) -> list[str]:
             if others:
                 rival = max(others, key=others.get)
                 text += f", {psnr[ours] - others[rival]:+.2f} dB vs best other {mode}-mode method ({rival})"
-            lemica = "lemica" if mode == "blocks" else f"lemica-{mode}"
             if lemica in psnr:
                 text += f", {psnr[ours] - psnr[lemica]:+.2f} dB vs {lemica}"
             parts.append(text)
         out.append(f"- B={b}: " + "; ".join(parts))
     return out
+
+
+CORRECTION_PAIRS = (("otcache-corrected", "otcache", "uniform-linear", "lemica-corrected"),
+                    ("otcache-model-corrected", "otcache-model", "uniform-model-linear", "lemica-model-corrected"))
+
+
+def corrected_margins(rows: Sequence[dict]) -> list[str]:
+    """Per budget and reuse mode: corrected OTCache against OTCache with hold, against evenly spaced steps
+    with linear extrapolation and against the corrected graph path, in mean and worst-image PSNR."""
+    index = {(r["method"], r["budget"]): r for r in rows}
+    out = ["### Corrected reuse (PSNR mean / worst image, dB)", ""]
+    for ours, hold, uniform, lemica in CORRECTION_PAIRS:
+        for b in sorted({r["budget"] for r in rows}, reverse=True):
+            row = index.get((ours, b))
+            if row is None:
+                continue
+            parts = [f"{ours} {_db(row['psnr'])} / {_db(row.get('psnr_worst'))}"]
+            for other in (hold, uniform, lemica):
+                o = index.get((other, b))
+                if o is not None:
+                    parts.append(f"{_margin(row['psnr'], o['psnr'])} / {_margin(row.get('psnr_worst'), o.get('psnr_worst'))}"
+                                 f" vs {other}")
+            out.append(f"- B={b}: " + "; ".join(parts))
+    return out
+
+
+def _db(x: float | None) -> str:
+    return "inf" if x is None else f"{x:.2f}"
+
+
+def _margin(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    return f"{a - b:+.2f}"

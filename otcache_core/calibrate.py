@@ -46,7 +46,7 @@ import torch
 from .anchor import GRACE_SECONDS, HEARTBEAT_SECONDS, AnchorResult, search_anchor
 from .calibration import Calibration, ScheduleRecord, matrix_to_json
 from .errors import FileFormatError, OTCacheError, SaveError
-from .graph import solve_reference
+from .graph import path_errors, solve_reference
 from .jsonfile import finite_number, load_json, require, save_json, short_repr
 from .metrics import relative_l1
 from .reuse import HOLD, LINEAR, QUADRATIC, EdgeRules, parse_rule, rule_names, rules_summary, step_rules
@@ -142,6 +142,11 @@ class CalibrationSettings:
     """Seconds between heartbeats of a running anchor trial in an RDB storage (None: no heartbeats)."""
     grace: int | None = GRACE_SECONDS
     """Seconds without a heartbeat after which a trial counts as dead and is run again."""
+    reference_check: bool = True
+    """Run the leximax path and uniform spacing at ``B_ref`` end to end (two cached generations) and keep
+    the better as the reference. Edges replay with the full trajectory as history, which flatters
+    corrected rules on long segments; on the testbed the graph path with corrected rules lost to
+    uniform spacing end to end at ``B_ref``, on the calibration samples themselves."""
     rules: tuple[str, ...] = DEFAULT_RULES
     """Candidate reuse rules measured on every edge (``("hold",)``: the calibration of before rules)."""
 
@@ -493,43 +498,58 @@ def calibrate(
     errors, edge_rules = best_rules(by_rule, T)
     path = solve_reference(errors, T, settings.reference_budget, max_skip=settings.max_skip)
     cost_calls["edges"], cost_seconds["edges"] = calls, time.perf_counter() - t0
-    reference_rules, _ = edge_rules.segment_rules(path.schedule)
-    say(f"reference B={settings.reference_budget}: {list(path.schedule.compute_steps)} (rules: {rules_summary(reference_rules)})")
+
+    end_to_end_calls = 0
+
+    def objective(schedule: Schedule) -> float:
+        """The end-to-end distance of ``schedule`` run as the runtime runs it (its segments' rules)."""
+        nonlocal end_to_end_calls
+        rules, _ = edge_rules.segment_rules(schedule)
+        result = sampler.run(schedule.mask(), reuse=step_rules(schedule, rules))
+        end_to_end_calls += result.model_calls
+        return distance(result.final, full.final)
+
+    reference, reference_method, checked = path.schedule, path.objective, {}
+    if settings.reference_check:
+        t0 = time.perf_counter()
+        uniform = sample_warp(identity_warp(), T, settings.reference_budget)
+        if uniform != path.schedule:
+            checked = {path.objective: objective(path.schedule), "uniform": objective(uniform)}
+            if checked["uniform"] < checked[path.objective]:
+                reference, reference_method = uniform, "uniform"
+        cost_calls["reference"], cost_seconds["reference"] = end_to_end_calls, time.perf_counter() - t0
+        end_to_end_calls = 0
+    reference_rules, _ = edge_rules.segment_rules(reference)
+    say(f"reference B={settings.reference_budget} ({reference_method}): {list(reference.compute_steps)} "
+        f"(rules: {rules_summary(reference_rules)})")
 
     say(f"stage 3/3: anchor search at B={settings.anchor_budget}, {settings.trials} trials ({objective_name})")
     t0 = time.perf_counter()
-    anchor_calls = 0
-
-    def objective(schedule: Schedule) -> float:
-        nonlocal anchor_calls
-        rules, _ = edge_rules.segment_rules(schedule)
-        result = sampler.run(schedule.mask(), reuse=step_rules(schedule, rules))
-        anchor_calls += result.model_calls
-        return distance(result.final, full.final)
 
     def on_trial(number: int, schedule: Schedule, value: float) -> None:
         if progress:
             progress("anchor", min(number + 1, settings.trials), settings.trials)
 
-    seeds = anchor_candidates(T, settings.anchor_budget, path.schedule, errors, settings.max_skip)
+    seeds = anchor_candidates(T, settings.anchor_budget, reference, errors, settings.max_skip)
     anchor = search_anchor(
         objective, T, settings.anchor_budget, n_trials=settings.trials, seed=settings.seed,
         n_bins=settings.n_bins, initial=seeds, storage=settings.storage, study_name=settings.study_name,
         on_trial=on_trial, polish=settings.polish, heartbeat=settings.heartbeat, grace=settings.grace,
     )
-    cost_calls["anchor"], cost_seconds["anchor"] = anchor_calls, time.perf_counter() - t0
+    cost_calls["anchor"], cost_seconds["anchor"] = end_to_end_calls, time.perf_counter() - t0
     anchor_rules, _ = edge_rules.segment_rules(anchor.schedule)
     say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g}; "
         f"rules: {rules_summary(anchor_rules)})")
 
+    segment_errors = path_errors(errors, reference)
+    reference_details: dict[str, Any] = {"segment_errors": list(segment_errors), "max_skip": settings.max_skip}
+    if checked:
+        reference_details["end_to_end"] = {"objective": objective_name, **checked}
     record = Calibration(
         name=name,
         steps=T,
-        reference=ScheduleRecord(
-            path.schedule, path.objective, path.worst_segment,
-            {"segment_errors": list(path.segment_errors), "max_skip": settings.max_skip},
-            rules=reference_rules,
-        ),
+        reference=ScheduleRecord(reference, reference_method, max(segment_errors), reference_details,
+                                 rules=reference_rules),
         anchor=ScheduleRecord(
             anchor.schedule, "optuna", anchor.score,
             {"objective": objective_name, "trials": anchor.trials, "seed": settings.seed, "n_bins": settings.n_bins,

@@ -34,7 +34,8 @@ class ScheduleRecord:
 
     schedule: Schedule
     method: str
-    """``leximax`` / ``power`` (graph), ``optuna`` (anchor search) or ``published``."""
+    """``leximax`` / ``power`` (graph), ``uniform`` (even spacing won the reference check), ``optuna``
+    (anchor search) or ``published``."""
     score: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     """Method-specific facts: segment errors, objective name, trials, source of a published list."""

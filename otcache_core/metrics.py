@@ -37,12 +37,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, max_db: floa
     Identical batches give ``inf``; within a batch that differs somewhere, an identical image counts as
     ``max_db`` so that one exact image does not make the mean infinite.
     """
+    per_image = psnr_per_image(a, b, data_range, max_db)
+    return math.inf if bool(torch.isinf(per_image).all()) else float(per_image.clamp(max=max_db).mean())
+
+
+def psnr_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, max_db: float = 100.0) -> torch.Tensor:
+    """``10 log10(range^2 / MSE)`` of each image; ``inf`` for identical images when all are identical,
+    ``max_db`` for an identical image otherwise (see :func:`psnr`)."""
     a, b = _as_images(a), _as_images(b)
     mse = ((a - b) ** 2).flatten(1).mean(dim=1)
     if bool((mse == 0).all()):
-        return math.inf
-    per_image = 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-300))
-    return float(per_image.clamp(max=max_db).mean())
+        return torch.full_like(mse, math.inf)
+    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-300))).clamp(max=max_db)
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:

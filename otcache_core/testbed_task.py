@@ -8,6 +8,7 @@ samples. Fidelity is always against the full-compute output of the same noise an
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 import sys
 import time
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from .flow import FlowSampler
-from .metrics import perceptual_objective, psnr, relative_l1, ssim, worst_share_mean
+from .metrics import perceptual_objective, psnr, psnr_per_image, relative_l1, ssim, worst_share_mean
 from .testbed.sampler import DEFAULT_SHIFT, sigmas, to_unit_range
 
 CALIBRATION_CLASSES: tuple[int, ...] = (0, 2, 4, 6, 8)
@@ -159,17 +160,19 @@ def decode(latent: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """Cached vs full compute on the same samples: PSNR (dB) and SSIM on images, relative L1 on latents."""
+    """Cached vs full compute on the same samples: PSNR (dB, mean over images and the worst image) and
+    SSIM on images, relative L1 on latents."""
 
     psnr: float
     ssim: float
     rel_l1: float
+    psnr_worst: float = math.nan
 
 
 def fidelity(cached: torch.Tensor, full: torch.Tensor) -> Fidelity:
     """PSNR and SSIM of the decoded images, ``mean|a - b| / mean|b|`` of the latents."""
     a, b = decode(cached), decode(full)
-    return Fidelity(psnr(a, b), ssim(a, b), relative_l1(cached, full))
+    return Fidelity(psnr(a, b), ssim(a, b), relative_l1(cached, full), float(psnr_per_image(a, b).min()))
 
 
 def image_distance(distance: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[torch.Tensor, torch.Tensor], float]:

@@ -40,18 +40,26 @@ def test_bench_json_structure_on_a_tiny_run(tmp_path):
     assert doc["steps"] == T and doc == result.document
     methods = {r["method"] for r in doc["results"]}
     assert {"otcache", "otcache-inverse", "otcache-warmup3", "otcache-global", "otcache-drift", "otcache-model",
-            "lemica", "lemica-global", "lemica-drift", "lemica-model", "uniform", "hand", "teacache", "magcache", "easycache"} <= methods
+            "lemica", "lemica-global", "lemica-drift", "lemica-model", "uniform", "hand", "teacache", "magcache", "easycache",
+            "otcache-corrected", "otcache-model-corrected", "lemica-corrected", "lemica-model-corrected",
+            "uniform-linear", "uniform-model-linear"} <= methods
     for r in doc["results"]:
-        for key in ("method", "budget", "psnr", "ssim", "rel_l1", "speedup_ideal", "speedup_measured"):
+        for key in ("method", "budget", "psnr", "psnr_worst", "ssim", "rel_l1", "speedup_ideal", "speedup_measured"):
             assert key in r
+        if r["psnr"] is not None:
+            assert r["psnr_worst"] <= r["psnr"] + 1e-9
+        if r["method"].endswith("corrected") or r["method"].endswith("linear"):
+            assert "rules" in r, r["method"]
         assert len(r["compute_steps"]) == r["budget"], r["method"]  # equal compute for every method
         assert r["speedup_ideal"] == pytest.approx(T / r["budget"])
     assert {r["budget"] for r in doc["results"]} == {5, 3}
     cost = doc["calibration_cost"]
     assert cost["otcache"]["total_model_calls"] > 0 and cost["edges"]["global"]["samples"] == 1
     assert cost["edges"]["drift"]["model_calls"] == 0
+    assert set(doc["calibration"]["corrected"]) == {"blocks", "model"}
     text = out.getvalue()
     assert "| method | mode | B |" in text and "| otcache | blocks | 5 |" in text and "Calibration cost" in text
+    assert "vs uniform-model-linear" in text and "worst-image PSNR" in text
 
 
 def test_bench_settings_are_the_issue_s():

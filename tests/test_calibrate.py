@@ -106,7 +106,7 @@ def test_calibration_produces_a_valid_record_that_round_trips(sampler, tmp_path)
     outcome = run_calibration(sampler)
     cal = outcome.calibration
     assert cal.reference.schedule.budget == 5 and cal.anchor.schedule.budget == 2
-    assert cal.reference.method == "leximax" and cal.anchor.method == "optuna"
+    assert cal.reference.method in ("leximax", "uniform") and cal.anchor.method == "optuna"
     assert cal.cost["model_calls"]["trajectories"] == T
     assert cal.cost["model_calls"]["edges"] == estimated_edge_calls("rollout", T, K, DEFAULT_RULES)
     assert cal.cost["model_calls"]["anchor"] > 0
@@ -114,6 +114,23 @@ def test_calibration_produces_a_valid_record_that_round_trips(sampler, tmp_path)
     back = Calibration.load(tmp_path / "toy.json")
     assert back.reference == cal.reference and back.anchor.schedule == cal.anchor.schedule
     assert np.array_equal(np.nan_to_num(back.error_matrix(), nan=-1), np.nan_to_num(outcome.errors, nan=-1))
+
+
+def test_the_reference_is_the_better_of_the_graph_path_and_uniform_spacing_end_to_end(sampler):
+    from otcache_core.graph import solve_reference
+    from otcache_core.warp import identity_warp, sample_warp
+
+    outcome = run_calibration(sampler)
+    ref = outcome.calibration.reference
+    scores = ref.details["end_to_end"]
+    assert set(scores) == {"leximax", "uniform", "objective"}
+    winner = "uniform" if scores["uniform"] < scores["leximax"] else "leximax"
+    expected = (sample_warp(identity_warp(), T, 5) if winner == "uniform"
+                else solve_reference(outcome.errors, T, 5, max_skip=K).schedule)
+    assert ref.method == winner and ref.schedule == expected
+    assert outcome.calibration.cost["model_calls"]["reference"] == 2 * 5  # two cached generations of 5 computed steps
+    unchecked = run_calibration(sampler, reference_check=False).calibration
+    assert unchecked.reference.method == "leximax" and "reference" not in unchecked.cost["model_calls"]
 
 
 def test_calibration_is_deterministic(make_sampler):
