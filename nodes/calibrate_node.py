@@ -475,7 +475,7 @@ class OTCacheCalibrate:
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
                 "reference_budget": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Computed steps of the reference; 0 = about steps/2."}),
-                "anchor_budget": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Computed steps of the anchor; 0 = about steps/5."}),
+                "anchor_budget": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Computed steps of the anchor; 0 = about steps/6. Budgets below it extrapolate the anchor: put it at the lowest budget you will use."}),
                 "max_segment": ("INT", {"default": 10, "min": 2, "max": 1000, "tooltip": "Longest run of reused steps the reference may use."}),
                 "strength": (list(STRENGTHS), {"default": "rollout", "tooltip": "Edge errors: rollout (about 10 generations at T=50, K=10), global (LeMiCa, about 20x more), drift (free, coarse)."}),
                 "trials": ("INT", {"default": 40, "min": 1, "max": 10000, "tooltip": "Optuna trials of the anchor search (one cached generation each)."}),

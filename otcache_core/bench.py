@@ -4,7 +4,7 @@ One run, one model, one set of held-out evaluation samples (other seeds and clas
 calibration samples), the same budgets ``B`` (computed steps of ``T``) for every method:
 
 * **otcache**: one calibration (edge errors, leximax reference at ``B_ref ~ T/2``, Optuna anchor at
-  ``B_anchor ~ T/5``), every budget by quantile interpolation; variants: ``lambda`` linear in ``1/B``
+  ``B_anchor ~ T/6``), every budget by quantile interpolation; variants: ``lambda`` linear in ``1/B``
   (``otcache-inverse``), a warm-up prefix (``otcache-warmupP``), the reference from ``global`` or
   ``drift`` edge errors with the same anchor (``otcache-global``, ``otcache-drift``), and reuse of the
   whole model output instead of the block-stack residual (``otcache-model``, mode ``model``; the same

@@ -136,7 +136,7 @@ class Calibration:
         return bool(self.edge_errors and self.edge_errors.get("rules") is not None) or any(
             r.rules is not None for r in (self.reference, self.anchor))
 
-    def edge_rules(self, fallback: str = "nearest") -> EdgeRules | None:
+    def edge_rules(self, fallback: str = "majority") -> EdgeRules | None:
         """The best reuse rule per measured edge, or ``None`` (files without rules: hold)."""
         if not self.edge_errors or self.edge_errors.get("rules") is None:
             return None

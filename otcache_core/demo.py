@@ -2,7 +2,7 @@
 
 1. Calibrate on the calibration samples (:func:`otcache_core.calibrate.calibrate`): full-compute
    trajectories, edge errors by replay under each candidate reuse rule and the leximax reference at
-   ``B_ref ~ T/2``, then the Optuna anchor at ``B_anchor ~ T/5`` with an end-to-end objective on
+   ``B_ref ~ T/2``, then the Optuna anchor at ``B_anchor ~ T/6`` with an end-to-end objective on
    decoded images (LPIPS where it is installed with its weights, else ``1 - SSIM``; the output says
    which).
 2. Predict schedules for a range of budgets by quantile interpolation (no model calls); each segment

@@ -166,6 +166,6 @@ def test_too_few_steps_is_rejected(make_sampler):
         calibrate(make_sampler(steps=3), CalibrationSettings(2, 1), distance=relative_l1, objective_name="x")
 
 
-def test_default_budgets_are_half_and_a_fifth():
-    assert default_budgets(50) == (25, 10)
+def test_default_budgets_are_half_and_a_sixth():
+    assert default_budgets(50) == (25, 8)
     assert default_budgets(4) == (2, 1)

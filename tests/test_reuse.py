@@ -98,7 +98,7 @@ def test_rules_summary_counts_most_used_first():
 # -- per-edge rules ----------------------------------------------------------------------------------
 
 
-def table(fallback="nearest") -> EdgeRules:
+def table(fallback="majority") -> EdgeRules:
     return EdgeRules(10, ((0, 3, "linear"), (3, 6, "quadratic"), (6, 10, "hold"), (0, 2, "linear")), fallback)
 
 
@@ -112,16 +112,17 @@ def test_segments_that_reuse_nothing_need_no_rule():
     assert rules[:3] == ("hold", "hold", "hold") and fallbacks == 0
 
 
-def test_unmeasured_segments_take_the_nearest_edge_in_normalised_time():
+def test_unmeasured_segments_take_the_majority_rule_or_the_nearest_edge_in_normalised_time():
     rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 6, 12], 20))  # the same cut at T = 20
-    assert rules == ("linear", "quadratic", "hold") and fallbacks == 3
-    rules, fallbacks = table("majority").segment_rules(Schedule.from_steps([0, 6, 12], 20))
     assert rules == ("linear",) * 3 and fallbacks == 3
+    rules, fallbacks = table("nearest").segment_rules(Schedule.from_steps([0, 6, 12], 20))
+    assert rules == ("linear", "quadratic", "hold") and fallbacks == 3
 
 
 def test_edge_rules_round_trip_through_their_matrix():
     t = table()
     assert EdgeRules.from_matrix(t.to_matrix(), 10) == t
+    assert EdgeRules.from_matrix(table("nearest").to_matrix(), 10, "nearest") == table("nearest")
 
 
 # -- the engine's per-stream history -------------------------------------------------------------------
