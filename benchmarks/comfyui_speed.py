@@ -4,7 +4,9 @@
         [--controlnet 2 2]
 
 A tiny real ComfyUI Flux (4 double + 8 single blocks, hidden 256; random weights) samples T = 20
-steps with euler. For budgets 10 and 5 it prints, for ``blocks`` and ``model`` mode:
+steps with euler. For budgets 10 and 5 it prints, for ``blocks`` and ``model`` mode and each reuse rule
+(``--reuse``, default ``hold`` and ``linear``: a corrected rule costs a few tensor operations per
+reused call):
 
 * the measured speedup (median unpatched run time / median patched run time) and its ratio to T/B;
 * the share ``s`` of a full model call spent outside the blocks (embedders, final layer), from the
@@ -84,6 +86,7 @@ def main() -> None:
                         help="also measure with a FLUX ControlNet of this many double and single blocks")
     parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the case without a ControlNet (default on)")
+    parser.add_argument("--reuse", nargs="+", default=["hold", "linear"], help="reuse rules to time")
     args = parser.parse_args()
     comfy_root = os.environ.get("COMFYUI_PATH")
     if not comfy_root:
@@ -130,7 +133,9 @@ def main() -> None:
         configs = {"unpatched": m.patcher}
         for budget, plan in plans.items():
             for mode in ("blocks", "model"):
-                configs[f"{mode} B={budget}"] = apply_otcache(m.patcher, plan, mode, quiet=True)
+                for reuse in args.reuse:
+                    configs[f"{mode} {reuse} B={budget}"] = apply_otcache(m.patcher, plan, mode, quiet=True,
+                                                                          reuse=reuse)
         medians, last_report = measure(configs, run, args.repeats, reports)
         print_plain_table(header, medians, last_report, T)
     if args.controlnet:
@@ -140,14 +145,16 @@ def main() -> None:
 def print_plain_table(header: str, medians: dict[str, float], last_report: dict, T: int) -> None:
     base = medians["unpatched"]
     print(f"{header}; unpatched {base:.3f} s")
-    print("| mode | B | T/B | measured speedup | measured / (T/B) | outside-blocks share | predicted | measured / predicted |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | reuse | B | T/B | measured speedup | measured / (T/B) | outside-blocks share | predicted | "
+          "measured / predicted |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, report in last_report.items():
-        mode, budget = name.split(" B=")
+        kind, budget = name.split(" B=")
+        mode, reuse = kind.split()
         budget = int(budget)
         speed = base / medians[name]
         ideal = T / budget
-        row = f"| {mode} | {budget} | {ideal:.2f} | {speed:.2f} | {speed / ideal:.3f} |"
+        row = f"| {mode} | {reuse} | {budget} | {ideal:.2f} | {speed:.2f} | {speed / ideal:.3f} |"
         if mode == "blocks" and report.calls_reused and report.calls_computed:
             share = (report.seconds_reused / report.calls_reused) / (report.seconds_computed / report.calls_computed)
             predicted = T / (budget + (T - budget) * share)

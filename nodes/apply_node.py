@@ -25,6 +25,10 @@ from .families import detect_family, stage_blocks
 log = logging.getLogger("OTCache")
 
 MODE_CHOICES = ("auto", *MODES)
+AUTO_MODE = "model"
+"""What ``auto`` picks, for every family: reusing the whole model output was closer to full compute than
+reusing the block-stack residual, with every reuse rule, on the testbed (trained DiT, held-out
+samples) and on a trained ComfyUI Flux (benchmarks/RESULTS.md), and it skips the embedders too."""
 REUSE_CHOICES = (CALIBRATED, "hold", "linear", "quadratic", "meancache2", "meancache3")
 """OTCache Apply's ``reuse`` input: the calibration's per-segment rules, or one rule everywhere."""
 
@@ -90,7 +94,7 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
             f"this model already has another step cache ({', '.join(foreign)}); two caches skipping steps "
             "independently corrupt the output: remove one of them"
         )
-    chosen = mode if mode != "auto" else ("blocks" if family.patch != "none" else "model")
+    chosen = mode if mode != "auto" else AUTO_MODE
     patched = model.clone()
     if _remove_previous(patched) and not quiet:
         log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
@@ -118,7 +122,9 @@ class OTCacheApply:
     DESCRIPTION = (
         "Make a model skip the full computation at the steps the schedule reuses. 'blocks' reuses the residual "
         "of the transformer block stack (embedders and final layer still run); 'model' reuses the whole model "
-        "output and works for any model, UNets included. Every run logs what it computed."
+        "output and works for any model, UNets included ('auto' = model). A skipped step stands in with its "
+        "segment's reuse rule (the calibration's, or the one chosen in 'reuse'). Every run logs what it computed "
+        "and which rules it used."
     )
     CATEGORY = "OTCache"
     FUNCTION = "apply"
@@ -130,7 +136,7 @@ class OTCacheApply:
             "required": {
                 "model": ("MODEL",),
                 "schedule": ("OTCACHE_SCHEDULE",),
-                "mode": (list(MODE_CHOICES), {"default": "auto", "tooltip": "auto: blocks where the model family supports it, else model."}),
+                "mode": (list(MODE_CHOICES), {"default": "auto", "tooltip": "auto: model (measured closer to full compute than blocks on trained models, and works for any model). blocks: reuse only the transformer blocks' residual."}),
                 "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps before this share of the run are always computed."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps from this share of the run on are always computed."}),
             },

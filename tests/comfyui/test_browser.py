@@ -197,7 +197,7 @@ def run_on_the_page(page: web.ComfyPage, server, workflow: dict, name: str) -> s
 def test_run_clicked_on_the_page_samples_with_otcache_and_shows_the_previews(page, comfy_server, shots):
     workflow = tiny_wan_workflow("wan2.1-t2v-1.3b", calibrate=True)
     log = run_on_the_page(page, comfy_server, workflow, "otcache_tiny_wan.json")
-    assert f"OTCache [blocks]: computed 4/{STEPS} steps" in log
+    assert f"OTCache [model]: computed 4/{STEPS} steps" in log
     assert "schedule: browser-e2e" in log  # the calibration made in this run
     strips = page.wait_for_node_image(node_id(workflow, "OTCache schedule preview"))
     calibration = page.wait_for_node_image(node_id(workflow, "OTCacheCalibrate"))

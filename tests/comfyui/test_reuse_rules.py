@@ -223,3 +223,11 @@ def test_a_shipped_preset_holds(otcache_pack, tiny_model, reports):
 def test_a_bad_reuse_choice_names_the_input(otcache_pack, core, tiny_model):
     with pytest.raises(core.errors.OTCacheError, match="'reuse'"):
         apply(otcache_pack, tiny_model("flux"), plan_for(core, COMPUTED), reuse="cubic")
+
+
+@pytest.mark.parametrize("family", ["flux", "wan21_t2v", "sd15"])
+def test_auto_reuses_the_whole_model_output(otcache_pack, core, tiny_model, reports, family):
+    """auto = model for every family (the measured choice, see the README)."""
+    m = tiny_model(family)
+    sample(m, apply(otcache_pack, m, plan_for(core, COMPUTED), "auto"))
+    assert reports[-1].mode == "model"

@@ -64,7 +64,7 @@ def test_calibrate_schedule_apply_ksampler_through_the_server(comfy_server):
     record = saved_calibration(comfy_server.base, "server-test")
     assert record["format"] == "otcache.calibration" and record["anchor"]["method"] == "optuna"
     assert list((comfy_server.base / "output").glob("**/otcache_test*.latent"))
-    assert "OTCache [blocks]: computed 4/10 steps" in log
+    assert "OTCache [model]: computed 4/10 steps" in log
 
 
 def test_calibrate_alone_is_a_valid_prompt_and_previews_on_its_node(comfy_server):
