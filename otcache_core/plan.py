@@ -173,8 +173,8 @@ class SchedulePlan:
             return Resolved(prediction, tuple(notes))
         rules, fallbacks = self.reuse.segment_rules(prediction.schedule)
         if fallbacks:
-            notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: "
-                         f"{self.reuse.fallback} measured edge's rule")
+            how = "the rule most measured edges chose" if self.reuse.fallback == "majority" else "the nearest measured edge's rule"
+            notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: {how}")
         return Resolved(prediction, tuple(notes), rules, fallbacks)
 
     def to_dict(self) -> dict[str, Any]:
