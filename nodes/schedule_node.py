@@ -14,6 +14,7 @@ from ..otcache_core.errors import OTCacheError
 from ..otcache_core.figures import schedule_strips
 from ..otcache_core.interpolation import LAMBDA_MAPPINGS
 from ..otcache_core.plan import BudgetRule, SchedulePlan
+from ..otcache_core.reuse import rules_summary
 from .storage import NO_PRESETS, find_preset, load_named_preset, preset_descriptions
 
 BUDGET_AS = ("computed steps", "speedup")
@@ -50,6 +51,8 @@ def summarize(calibration: Calibration, plan: SchedulePlan, steps: int) -> tuple
         f"budget: {plan.rule.describe()} ({plan.mapping} lambda, warm-up {plan.warmup})",
         f"at {steps} steps: computes {p.schedule.budget} -> {list(p.schedule.compute_steps)}",
         f"ideal speedup {p.schedule.ideal_speedup:.2f}x, lambda {p.lam:.3f} ({p.regime})",
+        f"reuse rules per segment: {rules_summary(resolved.segment_rules())}"
+        + ("" if resolved.rules else " (none measured: hold)"),
         *resolved.notes,
         "the sampler's own step count decides at run time; the run log says what was computed",
     ]

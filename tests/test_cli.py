@@ -48,6 +48,29 @@ def test_schedule_from_a_calibration_file(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "schedule", "--calibration", str(tmp_path / "c.json"), "--steps", "50",
                            "--budget", "10", "--json")
     assert code == 0 and json.loads(out)["compute_steps"] == [int(s) for s in ANCHOR.split(",")]
+    assert "rules" not in json.loads(out)  # a calibration without rules: every segment holds
+
+
+def test_schedule_from_a_calibration_with_rules_lists_each_segments_rule(capsys, tmp_path):
+    from otcache_core.reuse import EdgeRules
+
+    anchor = Schedule.from_steps([int(s) for s in ANCHOR.split(",")], 50)
+    rules = tuple("hold" if j - i < 5 else "linear" for i, j in anchor.segments())
+    table = EdgeRules(50, tuple((i, j, r) for (i, j), r in zip(anchor.segments(), rules) if j > i + 1))
+    cal = Calibration(
+        name="x", steps=50,
+        reference=ScheduleRecord(Schedule.from_steps([int(s) for s in REF.split(",")], 50), "published"),
+        anchor=ScheduleRecord(anchor, "optuna", rules=rules),
+        edge_errors={"strength": "rollout", "max_skip": 10, "metric": "rel_l1",
+                     "matrix": [[None] * 51 for _ in range(51)], "rules": table.to_matrix()},
+    )
+    cal.save(tmp_path / "c.json")
+    code, out, _ = run_cli(capsys, "schedule", "--calibration", str(tmp_path / "c.json"), "--steps", "50",
+                           "--budget", "10", "--json")
+    assert code == 0 and json.loads(out)["rules"] == list(rules)
+    code, out, _ = run_cli(capsys, "schedule", "--calibration", str(tmp_path / "c.json"), "--steps", "50",
+                           "--budget", "10")
+    assert "reuse rules per segment: " + ",".join(rules) in out and "linear x6, hold x4" in out
 
 
 def test_schedule_text_output_lists_the_steps(capsys):
