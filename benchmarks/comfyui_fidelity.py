@@ -393,8 +393,9 @@ def main() -> None:
                               [calibration(f"prompts {n}", p) for n, p in enumerate(draws)], budgets))
         rows.append(draws_row(bench, f"otcache (1 prompt, {2 * len(several)} seeds)", "auto",
                               [calibration(f"seeds {p[0]}", p, samples=2 * len(several)) for p in singles], budgets))
+        auto_mode = bench.pack.nodes.apply_node.AUTO_MODE
         for mode in MODES:
-            if mode != "blocks":  # blocks: the default pipeline above
+            if mode != auto_mode:  # auto_mode: the default pipeline above
                 calibrated("otcache (1 prompt, 2 seeds)", mode, "calibrated", calibration(mode, one, mode=mode))
             calibrated("otcache (1 prompt, 2 seeds, hold only)", mode, "hold",
                        calibration(f"{mode} hold", one, mode=mode, reuse_rules="hold"))
