@@ -448,7 +448,9 @@ def search_anchor(
       fewer than ``n_trials`` (checked inside the trial, after it is registered as running, so two
       workers cannot both take the last slot; a trial that loses the race is pruned, never counted);
     * running trials send a heartbeat every ``heartbeat`` seconds; a trial silent for ``grace``
-      seconds (its worker died) is failed and queued again with the same schedule;
+      seconds (its worker died) is failed and queued again with the same schedule; a trial that never
+      sent one (its worker died while registering it) gets one from a worker that waited on it for
+      ``grace`` plus two heartbeats, and goes stale ``grace`` seconds later;
     * every call returns only when the study holds ``n_trials`` completed trials, so all workers
       report the same best schedule;
     * workers sweeping the same local search skip a candidate another worker is evaluating, so they
