@@ -13,7 +13,7 @@ import logging
 import pytest
 import torch
 
-from .test_apply_runtime import ALL_FAMILIES, BLOCK_FAMILIES, STEPS, apply, plan_for, sample
+from .test_apply_runtime import ALL_FAMILIES, BLOCK_FAMILIES, FAMILY_MODES, STEPS, apply, plan_for, sample
 
 COMPUTED = [0, 1, 4, 9]
 
@@ -57,12 +57,9 @@ def spied(otcache_pack, m, plan, mode, **kw):
     return otcache_pack.nodes.apply_node.apply_otcache(outer, plan, mode, **kw), spy
 
 
-@pytest.mark.parametrize("family", ALL_FAMILIES)
-@pytest.mark.parametrize("mode", ["blocks", "model"])
+@pytest.mark.parametrize(("family", "mode"), FAMILY_MODES)
 def test_all_compute_is_bit_identical_under_a_corrected_rule(otcache_pack, core, tiny_model, family, mode):
     m = tiny_model(family)
-    if mode == "blocks" and family not in BLOCK_FAMILIES:
-        pytest.skip(f"{family} has no block-level hook (model mode only)")
     patched = apply(otcache_pack, m, plan_for(core, range(STEPS)), mode, reuse="linear")
     assert torch.equal(sample(m, patched), sample(m))
 
@@ -165,12 +162,9 @@ def spy_sigmas(m) -> list[float]:
     return ks.sigmas.tolist()
 
 
-@pytest.mark.parametrize("family", ALL_FAMILIES)
-@pytest.mark.parametrize("mode", ["blocks", "model"])
+@pytest.mark.parametrize(("family", "mode"), FAMILY_MODES)
 def test_a_resolution_or_batch_change_between_runs_starts_a_fresh_history(otcache_pack, core, tiny_model, reports,
                                                                            family, mode):
-    if mode == "blocks" and family not in BLOCK_FAMILIES:
-        pytest.skip(f"{family} has no block-level hook (model mode only)")
     m = tiny_model(family)
     patched = apply(otcache_pack, m, plan_for(core, COMPUTED), mode, reuse="quadratic")
     sample(m, patched, latent=m.make_latent(1, 8, 8))
