@@ -56,7 +56,7 @@ from .calibration import Calibration, ScheduleRecord, matrix_to_json
 from .graph import solve_reference
 from .jsonfile import save_json
 from .plan import BudgetRule, SchedulePlan
-from .reuse import HOLD, LINEAR, rules_summary
+from .reuse import HOLD, LINEAR, rules_summary, step_rules
 from .schedule import Schedule
 from .testbed_task import (
     ProgressBar,
@@ -363,12 +363,13 @@ def run_bench(json_path: str | Path | None = None, quick: bool = False, seed: in
             planned = method.plan(B)
             sampler = samplers[method.mode]
             extra = dict(planned.extra)
-            if planned.rules is not None:
-                extra["rules"] = planned.rules if isinstance(planned.rules, str) else rules_summary(
-                    r for (i, j), r in zip(planned.schedule.segments(), planned.rules) for _ in range(j - i - 1))
-            rules = planned.rules if planned.rules is None or isinstance(planned.rules, str) else list(planned.rules)
+            if isinstance(planned.rules, str):
+                extra["rules"] = planned.rules
+            elif planned.rules is not None:  # counted over the reused steps
+                per_step = step_rules(planned.schedule, planned.rules)
+                extra["rules"] = rules_summary(r for r, computed in zip(per_step, planned.schedule.mask()) if not computed)
             rows.append(_evaluate(method.name, method.mode, sampler, meter, full, B, extra,
-                                  lambda: sampler.sample(planned.schedule, rules=rules), planned.schedule))
+                                  lambda: sampler.sample(planned.schedule, rules=planned.rules), planned.schedule))
         for name, policy in policies.items():
             tuned = tune_threshold(samplers["blocks"], policy, B, lower=lower.get(name),
                                    max_evaluations=settings.tune_evaluations)

@@ -48,8 +48,11 @@ def test_bench_json_structure_on_a_tiny_run(tmp_path):
             assert key in r
         if r["psnr"] is not None:
             assert r["psnr_worst"] <= r["psnr"] + 1e-9
-        if r["method"].endswith("corrected") or r["method"].endswith("linear"):
-            assert "rules" in r, r["method"]
+        if r["method"].endswith("corrected"):  # one count per reused step
+            counts = [int(part.split(" x")[1]) for part in r["rules"].split(", ")]
+            assert sum(counts) == T - r["budget"], r["method"]
+        elif r["method"].endswith("linear"):
+            assert r["rules"] == "linear", r["method"]
         assert len(r["compute_steps"]) == r["budget"], r["method"]  # equal compute for every method
         assert r["speedup_ideal"] == pytest.approx(T / r["budget"])
     assert {r["budget"] for r in doc["results"]} == {5, 3}
