@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import FileFormatError, OTCacheError
 from .jsonfile import check_document, finite_number, load_json, require, save_json, short_repr
-from .reuse import EdgeRules, parse_rule, rules_summary
+from .reuse import DEFAULT_FALLBACK, EdgeRules, parse_rule, rules_summary
 from .schedule import Schedule, check_steps, schedule_from_fields
 
 CALIBRATION_FORMAT = "otcache.calibration"
@@ -136,7 +136,7 @@ class Calibration:
         return bool(self.edge_errors and self.edge_errors.get("rules") is not None) or any(
             r.rules is not None for r in (self.reference, self.anchor))
 
-    def edge_rules(self, fallback: str = "majority") -> EdgeRules | None:
+    def edge_rules(self, fallback: str = DEFAULT_FALLBACK) -> EdgeRules | None:
         """The best reuse rule per measured edge, or ``None`` (files without rules: hold)."""
         if not self.edge_errors or self.edge_errors.get("rules") is None:
             return None

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from .calibration import Calibration
 from .errors import ScheduleError
 from .interpolation import LAMBDA_MAPPINGS, Prediction, budget_for_fraction, predict_from_warps
-from .reuse import HOLD, EdgeRules
+from .reuse import FALLBACKS, HOLD, EdgeRules
 from .schedule import Schedule, check_steps
 from .warp import Warp, sample_warp, warp_of
 
@@ -173,8 +173,8 @@ class SchedulePlan:
             return Resolved(prediction, tuple(notes))
         rules, fallbacks = self.reuse.segment_rules(prediction.schedule)
         if fallbacks:
-            how = "the rule most measured edges chose" if self.reuse.fallback == "majority" else "the nearest measured edge's rule"
-            notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: {how}")
+            notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: "
+                         f"{FALLBACKS[self.reuse.fallback]}")
         return Resolved(prediction, tuple(notes), rules, fallbacks)
 
     def to_dict(self) -> dict[str, Any]:

@@ -230,8 +230,12 @@ def rules_summary(names: Iterable[str] | Mapping[str, int]) -> str:
 
 # -- the rule of each edge of a calibration -------------------------------------------------------------
 
-#: How a segment that no calibration edge measured gets its rule (see :class:`EdgeRules`).
-FALLBACKS: tuple[str, ...] = ("majority", "nearest")
+#: How a segment that no calibration edge measured gets its rule (see :class:`EdgeRules`), described.
+FALLBACKS: dict[str, str] = {
+    "majority": "the rule most measured edges chose",
+    "nearest": "the nearest measured edge's rule",
+}
+DEFAULT_FALLBACK = "majority"
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,7 @@ class EdgeRules:
     steps: int
     edges: tuple[tuple[int, int, str], ...]
     """``(i, j, rule)`` for every measured edge with ``j >= i + 2``, sorted."""
-    fallback: str = "majority"
+    fallback: str = DEFAULT_FALLBACK
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
@@ -260,7 +264,7 @@ class EdgeRules:
         object.__setattr__(self, "_index", {(i, j): r for i, j, r in self.edges})
 
     @classmethod
-    def from_matrix(cls, matrix: Sequence[Sequence[str | None]], steps: int, fallback: str = "majority") -> EdgeRules:
+    def from_matrix(cls, matrix: Sequence[Sequence[str | None]], steps: int, fallback: str = DEFAULT_FALLBACK) -> EdgeRules:
         """From a ``(T+1) x (T+1)`` matrix of rule names (``None`` where not measured)."""
         if len(matrix) != steps + 1 or any(len(row) != steps + 1 for row in matrix):
             raise OTCacheError(f"a rule matrix for {steps} steps must be {steps + 1} x {steps + 1}")
