@@ -447,10 +447,8 @@ def format_report(document: dict[str, Any]) -> str:
              "rules | compute steps |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: -r["budget"]):
-        psnr = "inf" if r["psnr"] is None else f"{r['psnr']:.2f}"
-        worst = "inf" if r.get("psnr_worst") is None else f"{r['psnr_worst']:.2f}"
         lines.append(f"| {r['method']} | {r['mode']} | {r['budget']} | {r['speedup_ideal']:.2f}x | "
-                     f"{r['speedup_measured']:.2f}x | {psnr} | {worst} | {r['ssim']:.4f} | {r['rel_l1']:.4f} | "
+                     f"{r['speedup_measured']:.2f}x | {_db(r['psnr'])} | {_db(r.get('psnr_worst'))} | {r['ssim']:.4f} | {r['rel_l1']:.4f} | "
                      f"{r.get('rules', HOLD)} | {','.join(map(str, r['compute_steps']))} |")
     lines += ["", pivot_table(rows, "psnr", "PSNR (dB)"), "", pivot_table(rows, "psnr_worst", "worst-image PSNR (dB)"),
               "", pivot_table(rows, "ssim", "SSIM", digits=4), ""]
