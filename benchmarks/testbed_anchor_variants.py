@@ -15,7 +15,7 @@ import time
 from otcache_core.calibrate import CalibrationSettings, calibrate, default_budgets
 from otcache_core.plan import BudgetRule, SchedulePlan
 from otcache_core.schedule import Schedule
-from otcache_core.testbed_task import TaskConfig, anchor_objective, fidelity, load_task
+from otcache_core.testbed.task import TaskConfig, anchor_objective, fidelity, load_task
 
 VARIANTS = (("TPE only, worst half", 0.0, 0.5), ("TPE + local search, mean", 0.6, 1.0),
             ("TPE + local search, worst half (default)", 0.6, 0.5))

@@ -21,7 +21,7 @@ from otcache_core.calibration import Calibration
 from otcache_core.metrics import psnr
 from otcache_core.plan import BudgetRule, SchedulePlan
 from otcache_core.schedule import Schedule
-from otcache_core.testbed_task import TaskConfig, decode, load_task
+from otcache_core.testbed.task import TaskConfig, decode, load_task
 from otcache_core.warp import identity_warp, sample_warp
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import time
 
 from otcache_core.anchor import local_search
 from otcache_core.schedule import Schedule
-from otcache_core.testbed_task import TaskConfig, fidelity, load_task
+from otcache_core.testbed.task import TaskConfig, fidelity, load_task
 
 
 def main() -> None:

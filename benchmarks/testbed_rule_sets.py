@@ -23,12 +23,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from otcache_core.bench import BenchSettings  # noqa: E402
+from otcache_core.testbed.bench import BenchSettings  # noqa: E402
 from otcache_core.calibrate import CalibrationSettings, calibrate, default_budgets  # noqa: E402
 from otcache_core.calibration import Calibration  # noqa: E402
 from otcache_core.plan import BudgetRule, SchedulePlan  # noqa: E402
 from otcache_core.schedule import Schedule  # noqa: E402
-from otcache_core.testbed_task import (  # noqa: E402
+from otcache_core.testbed.task import (  # noqa: E402
     CALIBRATION_CLASSES,
     anchor_objective,
     fidelity,

@@ -156,12 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = _reference_command(args)
             print(json.dumps(out)) if args.json else _print_schedule(out)
         elif args.command == "demo":
-            from .demo import run_demo
+            from .testbed.demo import run_demo
 
             _limit_threads()
             run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
         elif args.command == "bench":
-            from .bench import run_bench
+            from .testbed.bench import run_bench
 
             _limit_threads()
             run_bench(json_path=args.json_out, quick=args.quick, seed=args.seed)

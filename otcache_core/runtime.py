@@ -17,7 +17,7 @@ value for ``hold``, two for ``linear``, ...), and :meth:`CacheRun.standin` extra
 sigma of the reused call under the rule of the segment the step lies in.
 
 A run may instead follow a runtime-adaptive :class:`StepPolicy` (the TeaCache-, MagCache- and
-EasyCache-style baselines of :mod:`otcache_core.baselines`): the schedule is then only the default,
+EasyCache-style baselines of :mod:`otcache_core.testbed.baselines`): the schedule is then only the default,
 and the policy decides each step once, on the step's first call, from host-supplied features; the
 report lists the steps as actually decided.
 """

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from otcache_core.flow import FlowSampler
+from otcache_core.testbed.flow import FlowSampler
 
 # Tiny models run many small ops: one thread avoids oversubscription (which made these tests 15x
 # slower on a loaded 2-core machine) and keeps float results independent of the core count.

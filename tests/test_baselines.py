@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from otcache_core.baselines import (
+from otcache_core.testbed.baselines import (
     EasyCachePolicy,
     MagCachePolicy,
     TeaCachePolicy,
@@ -19,7 +19,7 @@ from otcache_core.baselines import (
 )
 from otcache_core.runtime import CacheRun
 from otcache_core.schedule import Schedule
-from otcache_core.testbed_task import random_tinydit
+from otcache_core.testbed.task import random_tinydit
 
 T = 16
 
@@ -112,7 +112,7 @@ def test_teacache_computes_the_last_step_and_magcache_bounds_segments(make_sampl
 
 def test_calibrated_quantities_from_a_full_run(make_sampler):
     model = random_tinydit()
-    from otcache_core.testbed_task import load_task, TaskConfig
+    from otcache_core.testbed.task import load_task, TaskConfig
 
     task = load_task(TaskConfig(steps=8, calibration_samples=2, evaluation_samples=1), model=model)
     sampler = task.sampler(task.calibration)
@@ -126,7 +126,7 @@ def test_calibrated_quantities_from_a_full_run(make_sampler):
 
 
 def test_easycache_estimates_output_change_from_input_change():
-    from otcache_core.flow import StepInputs
+    from otcache_core.testbed.flow import StepInputs
 
     policy = EasyCachePolicy(threshold=10.0)
     policy.reset(6)

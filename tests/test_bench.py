@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from otcache_core.baselines import hand_schedule
-from otcache_core.bench import BenchSettings, run_bench, winners
-from otcache_core.testbed_task import ProgressBar, TaskConfig, tiny_task
+from otcache_core.testbed.baselines import hand_schedule
+from otcache_core.testbed.bench import BenchSettings, run_bench, winners
+from otcache_core.testbed.task import ProgressBar, TaskConfig, tiny_task
 
 
 def test_hand_rule_gives_the_published_list_at_t50_b10():

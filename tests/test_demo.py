@@ -5,8 +5,8 @@ import io
 from PIL import Image
 
 from otcache_core.calibration import Calibration
-from otcache_core.demo import DemoSettings, output_paths, run_demo, xy_chart
-from otcache_core.testbed_task import ProgressBar, default_budgets, tiny_task
+from otcache_core.testbed.demo import DemoSettings, output_paths, run_demo, xy_chart
+from otcache_core.testbed.task import ProgressBar, default_budgets, tiny_task
 
 
 def run_tiny(out_dir):

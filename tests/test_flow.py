@@ -2,7 +2,7 @@
 
 import torch
 
-from otcache_core.flow import FlowSampler
+from otcache_core.testbed.flow import FlowSampler
 from otcache_core.schedule import Schedule
 from otcache_core.testbed.model import TinyDiT, TinyDiTConfig
 from otcache_core.testbed.sampler import sample_euler, sigmas

@@ -2,7 +2,7 @@
 
 Written from the published ideas (no code copied); each is a :class:`~otcache_core.runtime.StepPolicy`
 run by the core cache engine (:class:`~otcache_core.runtime.CacheRun` through
-:class:`~otcache_core.flow.FlowSampler`), so reuse itself is exactly OTCache's: the stored residual of
+:class:`~otcache_core.testbed.flow.FlowSampler`), so reuse itself is exactly OTCache's: the stored residual of
 the last computed step. Only *which* steps compute differs.
 
 All three accumulate an estimate ``e_t`` of the error that reusing at step ``t`` adds, and compute
@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import OTCacheError
+from ..errors import OTCacheError
+from ..metrics import relative_l1
+from ..schedule import Schedule
 from .flow import FlowSampler, StepInputs
-from .metrics import relative_l1
-from .schedule import Schedule
 
 Signal = Callable[[StepInputs], torch.Tensor]
 

@@ -19,8 +19,8 @@ calibration samples), the same budgets ``B`` (computed steps of ``T``) for every
   MeanCache-style baseline: graph-path steps, a correction chosen per segment); and evenly spaced
   steps with plain linear extrapolation everywhere (``uniform-linear`` / ``uniform-model-linear``);
 * **uniform** spacing and the published-style **hand** schedule
-  (:func:`otcache_core.baselines.hand_schedule`);
-* runtime-adaptive **teacache**, **magcache**, **easycache** (:mod:`otcache_core.baselines`), their
+  (:func:`otcache_core.testbed.baselines.hand_schedule`);
+* runtime-adaptive **teacache**, **magcache**, **easycache** (:mod:`otcache_core.testbed.baselines`), their
   thresholds bisected on the evaluation batch until they compute exactly ``B`` steps.
 
 Fidelity is PSNR (mean over images and the worst image) and SSIM of decoded images and relative L1
@@ -41,8 +41,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from .baselines import ThresholdPolicy, hand_schedule, make_policies, tune_threshold
-from .calibrate import (
+from ..calibrate import (
     DEFAULT_RULES,
     CalibrationSettings,
     calibrate,
@@ -52,13 +51,15 @@ from .calibrate import (
     edge_errors_rollout,
     estimated_edge_calls,
 )
-from .calibration import Calibration, ScheduleRecord, matrix_to_json
-from .graph import solve_reference
-from .jsonfile import save_json
-from .plan import BudgetRule, SchedulePlan
-from .reuse import HOLD, LINEAR, rules_summary, step_rules
-from .schedule import Schedule
-from .testbed_task import (
+from ..calibration import Calibration, ScheduleRecord, matrix_to_json
+from ..graph import solve_reference
+from ..jsonfile import save_json
+from ..plan import BudgetRule, SchedulePlan
+from ..reuse import HOLD, LINEAR, rules_summary, step_rules
+from ..schedule import Schedule
+from ..warp import identity_warp, sample_warp
+from .baselines import ThresholdPolicy, hand_schedule, make_policies, tune_threshold
+from .task import (
     ProgressBar,
     SpeedMeter,
     Task,
@@ -68,7 +69,6 @@ from .testbed_task import (
     load_task,
     timed,
 )
-from .warp import identity_warp, sample_warp
 
 BENCH_FORMAT = "otcache.bench"
 BENCH_VERSION = 1

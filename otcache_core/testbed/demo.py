@@ -27,13 +27,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .calibrate import CalibrationSettings, calibrate, default_budgets
-from .calibration import Calibration
-from .errors import OTCacheError
-from .figures import BACKGROUND, TEXT, _font, _text_width, schedule_strips, stack_vertically, text_block
-from .plan import BudgetRule, SchedulePlan
-from .schedule import Schedule
-from .testbed_task import (
+from ..calibrate import CalibrationSettings, calibrate, default_budgets
+from ..calibration import Calibration
+from ..errors import OTCacheError
+from ..figures import BACKGROUND, TEXT, _font, _text_width, schedule_strips, stack_vertically, text_block
+from ..plan import BudgetRule, SchedulePlan
+from ..schedule import Schedule
+from ..warp import identity_warp, sample_warp
+from .task import (
     Fidelity,
     ProgressBar,
     SpeedMeter,
@@ -45,7 +46,6 @@ from .testbed_task import (
     load_task,
     timed,
 )
-from .warp import identity_warp, sample_warp
 
 OTCACHE_COLOR = (32, 96, 200)
 UNIFORM_COLOR = (200, 90, 30)

@@ -28,10 +28,10 @@ from typing import Protocol
 
 import torch
 
-from .calibrate import SamplingResult, checked_range
-from .reuse import step_rules
-from .runtime import CacheRun, StepPolicy
-from .schedule import Schedule
+from ..calibrate import SamplingResult, checked_range
+from ..reuse import step_rules
+from ..runtime import CacheRun, StepPolicy
+from ..schedule import Schedule
 
 MODES: tuple[str, ...] = ("blocks", "model")
 

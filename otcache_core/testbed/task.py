@@ -20,9 +20,9 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from ..metrics import perceptual_objective, psnr, psnr_per_image, relative_l1, ssim, worst_share_mean
 from .flow import FlowSampler
-from .metrics import perceptual_objective, psnr, psnr_per_image, relative_l1, ssim, worst_share_mean
-from .testbed.sampler import DEFAULT_SHIFT, sigmas, to_unit_range
+from .sampler import DEFAULT_SHIFT, sigmas, to_unit_range
 
 CALIBRATION_CLASSES: tuple[int, ...] = (0, 2, 4, 6, 8)
 EVALUATION_CLASSES: tuple[int, ...] = (1, 3, 5, 7, 9)
@@ -123,8 +123,8 @@ def load_task(config: TaskConfig | None = None, seed: int = 0, model: nn.Module 
     """The task on ``model`` (default: the shipped trained testbed, which must exist)."""
     config = config or TaskConfig()
     if model is None:
-        from .testbed import WEIGHTS_DIR, load_testbed
-        from .testbed.model import DIT_FILE
+        from . import WEIGHTS_DIR, load_testbed
+        from .model import DIT_FILE
 
         model, _ = load_testbed()
         model_info = model_info or {"family": "testbed-tinydit", "name": DIT_FILE,
@@ -284,7 +284,7 @@ def random_tinydit(hidden_size: int = 32, depth: int = 2, num_heads: int = 2, se
 
     Untrained, so its samples are not digits; it exercises the whole pipeline in milliseconds.
     """
-    from .testbed.model import TinyDiT, TinyDiTConfig
+    from .model import TinyDiT, TinyDiTConfig
 
     model = TinyDiT(TinyDiTConfig(hidden_size=hidden_size, depth=depth, num_heads=num_heads))
     gen = torch.Generator().manual_seed(seed)
