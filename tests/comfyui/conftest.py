@@ -238,3 +238,44 @@ def comfy_server(tmp_path_factory, comfyui_root, tiny):
 def fresh_comfy_server(tmp_path_factory, comfyui_root, tiny):
     """A ComfyUI server of its own for one test module, for tests that need one nothing else has used."""
     yield from _running_server(tmp_path_factory, comfyui_root, "comfy_fresh")
+
+
+# --------------------------------------------------------------------------
+# Other packs (fetched outside the repository, never committed)
+# --------------------------------------------------------------------------
+
+#: The folder of third-party packs: one sub-folder per pack, named ``owner+repo``.
+PEER_PACKS_ENV = "OTCACHE_PEER_PACKS"
+
+
+def peer_pack_folder(owner_repo: str) -> Path:
+    """``$OTCACHE_PEER_PACKS/<owner+repo>``, or a skip that says what to fetch where."""
+    raw = os.environ.get(PEER_PACKS_ENV, "").strip()
+    if not raw:
+        pytest.skip(f"{PEER_PACKS_ENV} is not set (a folder of third-party packs, one sub-folder per pack "
+                    f"named owner+repo; this test needs {owner_repo})")
+    folder = Path(raw).expanduser().resolve() / owner_repo
+    if not (folder / "__init__.py").is_file():
+        pytest.skip(f"{owner_repo} is not in {PEER_PACKS_ENV} ({folder} has no __init__.py): fetch "
+                    f"github:{owner_repo.replace('+', '/')} there")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def peer_pack() -> Callable[[str], ModuleType]:
+    """``peer_pack("owner+repo")``: that pack imported as ComfyUI imports a custom node (once per session);
+    skips with the reason when it is not there or does not load on this ComfyUI."""
+    _import_comfyui_nodes()
+    loaded: dict[str, ModuleType] = {}
+
+    def get(owner_repo: str) -> ModuleType:
+        if owner_repo not in loaded:
+            folder = peer_pack_folder(owner_repo)
+            name = "peer_" + "".join(c if c.isalnum() else "_" for c in owner_repo)
+            try:
+                loaded[owner_repo] = sys.modules.get(name) or load_pack(folder, name)
+            except Exception as exc:  # a pack that needs a newer ComfyUI or a missing dependency
+                pytest.skip(f"{owner_repo} does not load on this ComfyUI: {type(exc).__name__}: {exc}")
+        return loaded[owner_repo]
+
+    return get
