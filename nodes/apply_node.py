@@ -18,9 +18,9 @@ from .cache_hooks import (
     CalcCondBatchWrapper,
     LayerForward,
     OuterSampleWrapper,
-    foreign_caches,
 )
 from .families import detect_family, stage_blocks
+from .foreign_caches import find_foreign_caches
 
 log = logging.getLogger("OTCache")
 
@@ -88,11 +88,12 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
             f"'mode' blocks is not available for {family.family} models ({family.note or 'no block hook'}); "
             "use mode 'model' or 'auto'"
         )
-    foreign = foreign_caches(model.model_options)
+    foreign = find_foreign_caches(model)
     if foreign:
         raise OTCacheError(
-            f"this model already has another step cache ({', '.join(foreign)}); two caches skipping steps "
-            "independently corrupt the output: remove one of them"
+            f"this model already has another step cache: {'; '.join(f.describe() for f in foreign)}. Two caches "
+            f"that skip steps independently corrupt the output: keep either OTCache or "
+            f"{'it' if len(foreign) == 1 else 'them'}, not both"
         )
     chosen = mode if mode != "auto" else AUTO_MODE
     patched = model.clone()

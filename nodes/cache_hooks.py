@@ -44,12 +44,13 @@ from ..otcache_core.runtime import CacheRun, RunReport, step_index
 from ..otcache_core.schedule import Schedule
 from .control_models import HeldControls, PendingControl, defer_controls
 from .families import FamilySpec, stage_blocks
+from .foreign_caches import OWN_KEY_PREFIX, find_foreign_caches, labels
 
 log = logging.getLogger("OTCache")
 
-KEY = "otcache"
+KEY = OWN_KEY_PREFIX
 """Key of our wrappers (``add_wrapper_with_key``)."""
-RUN_KEY = "otcache_run"
+RUN_KEY = f"{OWN_KEY_PREFIX}_run"
 """Key of the per-run state in ``transformer_options``."""
 
 MODES = ("blocks", "model")
@@ -205,9 +206,10 @@ class OuterSampleWrapper:
         except Exception as exc:  # a problem of ours must not cost the user the generation
             log.error("OTCache: disabled for this run, the schedule could not be prepared: %s", exc)
             return executor(*args, **kwargs)
-        foreign = foreign_caches(guider.model_options)
-        if foreign:
-            run.disable(f"another step cache is active on this model ({', '.join(foreign)})")
+        foreign = find_foreign_caches(guider.model_patcher, guider.model_options)
+        if foreign:  # added after OTCache Apply (which refuses a model that has one)
+            run.disable(f"another step cache is active on this model ({labels(foreign)}): OTCache skips no step, "
+                        "the output is the other cache's alone (remove one of the two)")
         original = guider.model_options
         guider.model_options = comfy.model_patcher.create_model_options_clone(original)
         guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
@@ -478,27 +480,3 @@ class LayerForward:
             return self.original(x, *args, **kwargs)
         out = cached_block(run, self.kind, self.index, {"x": x}, lambda: {"x": self.original(x, *args, **kwargs)})
         return out["x"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Other caches
-# --------------------------------------------------------------------------------------------------
-
-_FOREIGN_OPTION_KEYS = ("easycache", "teacache", "magcache", "fbcache", "lemica", "cache_dit")
-
-
-def foreign_caches(model_options: dict) -> list[str]:
-    """Names of other step caches found in ``model_options`` (wrappers or state by known keys).
-
-    Our own keys all start with ``otcache``.
-    """
-    to = model_options.get("transformer_options", {}) or {}
-    found = []
-    for wrapper_type, keyed in (to.get("wrappers") or {}).items():
-        for key in keyed:
-            if isinstance(key, str) and "cache" in key.lower() and not key.startswith(KEY):
-                found.append(f"{key} ({wrapper_type} wrapper)")
-    for key in to:
-        if not str(key).startswith(KEY) and any(k in str(key).lower() for k in _FOREIGN_OPTION_KEYS):
-            found.append(str(key))
-    return sorted(set(found))
