@@ -7,7 +7,7 @@ from typing import Any
 
 from ..otcache_core.errors import OTCacheError
 from ..otcache_core.plan import SchedulePlan
-from ..otcache_core.reuse import parse_rule
+from ..otcache_core.reuse import ReuseRule, parse_rule
 from .cache_hooks import (
     CALIBRATED,
     KEY,
@@ -29,8 +29,9 @@ AUTO_MODE = "model"
 """What ``auto`` picks, for every family: reusing the whole model output was closer to full compute than
 reusing the block-stack residual, with every reuse rule, on the testbed (trained DiT, held-out
 samples) and on a trained ComfyUI Flux (benchmarks/RESULTS.md), and it skips the embedders too."""
-REUSE_CHOICES = (CALIBRATED, "hold", "linear", "quadratic", "meancache2", "meancache3")
-"""OTCache Apply's ``reuse`` input: the calibration's per-segment rules, or one rule everywhere."""
+REUSE_CHOICES = (CALIBRATED, "hold", "linear", "horizon2", "horizon3", "quadratic", "meancache2", "meancache3")
+"""OTCache Apply's ``reuse`` input: the schedule's own rules (a calibration's or a preset's), or one rule
+everywhere."""
 
 
 def _remove_previous(patcher: Any) -> bool:
@@ -53,12 +54,13 @@ def _remove_previous(patcher: Any) -> bool:
 
 
 def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_percent: float = 0.0,
-                  end_percent: float = 1.0, *, reuse: str = CALIBRATED, quiet: bool = False,
+                  end_percent: float = 1.0, *, reuse: str | ReuseRule = CALIBRATED, quiet: bool = False,
                   skip_control_models: bool = True) -> Any:
     """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``.
 
-    ``reuse``: ``calibrated`` (each segment's rule from the plan; hold where the calibration has none)
-    or one reuse rule for every segment. ``quiet`` reports runs at debug level (calibration makes
+    ``reuse``: ``calibrated`` (the plan's rules: what the calibration chose end to end per budget, a
+    preset's rule, or for a schedule without rules the measured default) or one reuse rule for every
+    segment. ``quiet`` reports runs at debug level (calibration makes
     hundreds of short runs). ``skip_control_models=False`` runs ControlNets and T2I-Adapters at every
     model call, reused ones included (what OTCache did before it skipped them; kept for measuring the
     difference).
@@ -67,9 +69,10 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
         raise OTCacheError("'schedule' must come from an OTCache Schedule node")
     if mode not in MODE_CHOICES:
         raise OTCacheError(f"'mode' must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+    rule = None
     if reuse != CALIBRATED:
         try:
-            reuse = parse_rule(reuse).name
+            rule = parse_rule(reuse)
         except OTCacheError as exc:
             raise OTCacheError(f"'reuse' must be {CALIBRATED} or a reuse rule: {exc}") from None
     if not 0.0 <= start_percent < end_percent <= 1.0:
@@ -99,7 +102,7 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
     patched = model.clone()
     if _remove_previous(patched) and not quiet:
         log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
-    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, reuse, skip_control_models)
+    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, rule, skip_control_models)
     import comfy.patcher_extension as pe
 
     patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(config))
@@ -142,7 +145,7 @@ class OTCacheApply:
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps from this share of the run on are always computed."}),
             },
             "optional": {
-                "reuse": (list(REUSE_CHOICES), {"default": CALIBRATED, "tooltip": "What a skipped step stands in with. calibrated: the rule the calibration measured best for each segment (hold for presets and older calibrations); hold: the last computed output; linear / quadratic: extrapolated along sigma from the last two / three computed steps; meancacheK: MeanCache's average-velocity correction over K steps."}),
+                "reuse": (list(REUSE_CHOICES), {"default": CALIBRATED, "tooltip": "What a skipped step stands in with. calibrated: the schedule's own rule (a calibration's, chosen end to end per budget; a preset's, measured; horizon2 for schedules without one); hold: the last computed output; linear / quadratic: extrapolated along sigma from the last two / three computed steps; horizonK: linear for K steps past the last computed step, then held (for long gaps); meancacheK: MeanCache's average-velocity correction over K steps."}),
             },
         }
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..otcache_core.plan import SchedulePlan
-from ..otcache_core.reuse import step_rules
+from ..otcache_core.reuse import ReuseRule, step_rules
 from ..otcache_core.runtime import CacheRun, RunReport, step_index
 from ..otcache_core.schedule import Schedule
 from .control_models import HeldControls, PendingControl, defer_controls
@@ -55,7 +55,7 @@ RUN_KEY = f"{OWN_KEY_PREFIX}_run"
 
 MODES = ("blocks", "model")
 CALIBRATED = "calibrated"
-"""The ``reuse`` choice that takes each segment's rule from the plan (the calibration's)."""
+"""The ``reuse`` choice that takes the rules from the plan (the calibration's or the preset's)."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class CacheConfig:
     end_percent: float = 1.0
     quiet: bool = False
     """Report at debug level (the many short runs of a calibration)."""
-    reuse: str = CALIBRATED
-    """``calibrated``: the plan's per-segment reuse rules; a rule name: that rule for every segment."""
+    reuse: ReuseRule | None = None
+    """``None`` (``calibrated``): the plan's reuse rules; a rule: that rule for every segment."""
     skip_control_models: bool = True
     """Run control models (ControlNet, T2I-Adapter) only for model calls that compute."""
 
@@ -157,10 +157,9 @@ def start_run(config: CacheConfig, patcher: Any, sigmas: torch.Tensor, sampler: 
     T = len(sigma_list) - 1
     resolved = config.plan.resolve(T)
     notes = [f"schedule: {config.plan.label or 'custom'}", *resolved.notes]
-    if config.reuse == CALIBRATED:
-        rules = step_rules(resolved.schedule, resolved.segment_rules())
-        if resolved.rules is None:
-            notes.append("reuse rules: hold (the schedule's calibration measured none)")
+    if config.reuse is None:
+        rules = step_rules(resolved.schedule, resolved.rules)
+        notes.append(f"rules from: {resolved.rules_source}")
     else:
         rules = step_rules(resolved.schedule, config.reuse)
         notes.append(f"reuse rule {config.reuse} for every segment (chosen on OTCache Apply)")

@@ -28,7 +28,7 @@ from ..otcache_core.calibrate import (
     calibrate,
     checked_range,
     default_budgets,
-    estimated_edge_calls,
+    estimated_calls,
     settings_key,
 )
 from ..otcache_core.calibration import Calibration
@@ -37,7 +37,7 @@ from ..otcache_core.errors import OTCacheError, SaveError
 from ..otcache_core.figures import heatmap, line_plot, schedule_strips, side_by_side, stack_vertically, text_block
 from ..otcache_core.metrics import perceptual_objective, relative_l1
 from ..otcache_core.plan import SchedulePlan
-from ..otcache_core.reuse import rule_names, segment_rules_of
+from ..otcache_core.reuse import ReuseRule, parse_rules, segment_rules_of
 from ..otcache_core.runtime import step_index
 from ..otcache_core.schedule import Schedule
 from .apply_node import apply_otcache
@@ -114,7 +114,7 @@ class ComfyCalibrationSampler:
 
     def run(self, mask: Sequence[bool], *, start: int = 0, state: torch.Tensor | None = None,
             stop: int | None = None, record: bool = False, probe: Collection[int] = (),
-            reuse: str | Sequence[str] | None = None) -> SamplingResult:
+            reuse: ReuseRule | Sequence[ReuseRule] | None = None) -> SamplingResult:
         import comfy.model_management
         import comfy.patcher_extension as pe
         import comfy.sample
@@ -123,7 +123,7 @@ class ComfyCalibrationSampler:
         stop = checked_range(T, mask, start, stop, state)
         comfy.model_management.throw_exception_if_processing_interrupted()
         schedule = Schedule.from_mask([True] + list(mask[start + 1 : stop]))
-        local_rules = reuse if reuse is None or isinstance(reuse, str) else list(reuse)[start:stop]
+        local_rules = reuse if reuse is None or isinstance(reuse, ReuseRule) else list(reuse)[start:stop]
         plan = SchedulePlan.from_schedule(schedule, label="calibration", rules=segment_rules_of(schedule, local_rules))
         patched = apply_otcache(self.model, plan, self.mode, quiet=True)
         probes: dict[int, torch.Tensor] = {}
@@ -307,15 +307,22 @@ def preview_image(outcome: Any) -> np.ndarray:
                              strips])
 
 
-def parse_rule_list(text: str) -> tuple[str, ...]:
-    """``"hold, linear"`` -> the rule names; an error names the input."""
+def parse_rule_list(text: str) -> tuple[ReuseRule, ...]:
+    """``"linear, horizon2"`` -> the rules; an error names the input."""
     names = [part for part in text.replace(",", " ").split() if part]
     if not names:
-        raise OTCacheError("'reuse_rules' is empty; list at least one rule, e.g. hold, linear, quadratic")
+        raise OTCacheError("'reuse_rules' is empty; list at least one rule, e.g. linear, horizon2")
     try:
-        return rule_names(names)
+        return parse_rules(names)
     except OTCacheError as exc:
         raise OTCacheError(f"'reuse_rules': {exc}") from None
+
+
+def split_seeds(seed: int, samples: int) -> tuple[list[int], list[int]]:
+    """``samples`` seeds from ``seed`` on: the first half (rounded up) searches, the rest validates."""
+    seeds = [seed + k for k in range(samples)]
+    search = (samples + 1) // 2
+    return seeds[:search], seeds[search:]
 
 
 def validate_inputs(steps: int, reference_budget: int, anchor_budget: int, max_segment: int, trials: int,
@@ -351,13 +358,14 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
                     name: str = "my-calibration", vae: Any = None, storage: str = "", mode: str = "auto",
                     overwrite: bool = False, folder: Path | None = None,
                     progress: Callable[[int, int], None] | None = None,
-                    rules: Sequence[str] = DEFAULT_RULES, clip: Any = None,
+                    rules: Sequence[ReuseRule | str] = DEFAULT_RULES, clip: Any = None,
                     prompts: str = "") -> tuple[Calibration, np.ndarray, str, Path | None]:
     """Calibrate, save and describe; returns ``(record, preview RGB, summary text, saved path)``; the path is
     ``None`` when the folder could not be written (the summary says why).
 
     The samples are ``positive`` plus each line of ``prompts`` (encoded with ``clip``), each with the
-    seeds ``seed .. seed + samples - 1``; see :mod:`.calibration_prompts`.
+    seeds ``seed .. seed + samples - 1``; see :mod:`.calibration_prompts`. The first half of the seeds
+    (rounded up) search, the other half validate (:func:`split_seeds`).
     """
     auto_ref, auto_anchor = default_budgets(max(steps, MIN_STEPS))
     reference_budget = reference_budget or auto_ref
@@ -367,20 +375,30 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     if samples < 1:
         raise OTCacheError("'samples' must be at least 1")
     folder = folder or user_calibration_dir()
-    seeds = [seed + k for k in range(samples)]
-    sampler, prompt_labels, positives = prompt_sampler(
-        lambda cond, n: ComfyCalibrationSampler(model, cond, negative, latent, seeds * n, steps, cfg, sampler_name,
-                                                scheduler, mode),
-        positive, clip, prompts, len(seeds) * latent["samples"].shape[0], latent["samples"][0].numel())
+    search_seeds, check_seeds = split_seeds(seed, samples)
+    rows = latent["samples"].shape[0]
+
+    def sampler_for(seeds: list[int]) -> tuple[Any, list[str], list[Any]]:
+        return prompt_sampler(
+            lambda cond, n: ComfyCalibrationSampler(model, cond, negative, latent, seeds * n, steps, cfg, sampler_name,
+                                                    scheduler, mode),
+            positive, clip, prompts, len(seeds) * rows, latent["samples"][0].numel())
+
+    sampler, prompt_labels, positives = sampler_for(search_seeds)
+    validation = sampler_for(check_seeds)[0] if check_seeds else None
     T = sampler.steps
     if T != steps:
         log.info("OTCache Calibrate: the %s sampler runs %d steps for steps=%d", sampler_name, T, steps)
     identity = model_identity(model)
-    key = settings_key(identity, _fingerprint(model, positives, negative, sampler.latent_image), seeds, T, cfg,
+    key = settings_key(identity, _fingerprint(model, positives, negative, sampler.latent_image), search_seeds, T, cfg,
                        sampler_name, scheduler, strength, max_segment, mode)
-    rules = rule_names(rules)
-    total = 1 + (len(rules) * (T - 1) if strength != "drift" else 0) + trials
-    done = {"trajectories": 0, "edges": 0, "anchor": 0}
+    rules = parse_rules(rules)
+    settings = CalibrationSettings(
+        reference_budget=reference_budget, anchor_budget=anchor_budget, strength=strength, max_skip=max_segment,
+        trials=trials, seed=seed, rules=rules)
+    budgets = settings.validation_budgets(T) if validation is not None else []
+    total = 1 + (T - 1 if strength != "drift" else 0) + trials + len(budgets)
+    done = {"trajectories": 0, "edges": 0, "anchor": 0, "validation": 0}
 
     def on_progress(stage: str, value: int, of: int) -> None:
         import comfy.model_management
@@ -390,25 +408,26 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
             progress(min(total, sum(done.values())), total)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
-    estimate = estimated_edge_calls(strength, T, max_segment, rules)
-    log.info("OTCache Calibrate: %s edges at T=%d, K=%d under reuse rules %s will cost about %d model calls per "
-             "batch (%.1f full generations) for each of %d prompt(s); then %d anchor trials", strength, T, max_segment,
-             ", ".join(rules), estimate, estimate / T, len(positives), trials)
+    estimate = estimated_calls(settings, T, validation is not None)
+    log.info("OTCache Calibrate: about %d model calls in all (%s) for each of %d prompt(s), with %d search and %d "
+             "validation seed(s)", sum(estimate.values()), ", ".join(f"{k} {v}" for k, v in estimate.items()),
+             len(positives), len(search_seeds), len(check_seeds))
     objective_name, distance, objective_note = latent_objective(vae, model)
     checkpoint, storage_url, warnings = resumable_state(folder / ".work", key, T, storage)
-    settings = CalibrationSettings(
-        reference_budget=reference_budget, anchor_budget=anchor_budget, strength=strength, max_skip=max_segment,
-        trials=trials, seed=seed, storage=storage_url, study_name=f"{name}-{key}-{settings_key(rules)}",
-        rules=rules,
-    )
+    settings.storage, settings.study_name = storage_url, f"{name}-{key}-{settings_key(rules, 'end-to-end rules')}"
+    if validation is None:
+        warnings.append("no validation samples (samples = 1): the calibrated schedules were not checked against "
+                        "even spacing on samples the search never saw; use samples >= 2")
     resumed_rows = len(checkpoint.rows) if checkpoint else 0
     started = time.perf_counter()
     outcome = calibrate(
         sampler, settings, distance=distance, objective_name=objective_name, name=name,
         model={**identity, "families": [identity["family"]]},
-        sampler_info={"sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "steps": T, "seeds": seeds,
-                      "prompts": prompt_labels, "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},
+        sampler_info={"sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "steps": T, "seeds": search_seeds,
+                      "validation_seeds": check_seeds, "prompts": prompt_labels,
+                      "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},
         progress=on_progress, checkpoint=checkpoint, log=lambda msg: log.info("OTCache Calibrate: %s", msg),
+        validation=validation,
     )
     record = outcome.calibration
     if objective_note:
@@ -430,9 +449,10 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         record.summary(),
         f"cost: {sum(calls.values())} model calls, {seconds:.1f} s  ("
         + ", ".join(f"{stage} {calls.get(stage, 0)} calls / {secs.get(stage, 0):.1f} s" for stage in calls) + ")",
-        f"calibrated on {len(positives)} prompt(s) x {len(seeds)} seed(s): {', '.join(prompt_labels)}",
-        f"edge strength {strength} (K={max_segment}), reuse rules {', '.join(rules)}: estimated {estimate} calls "
-        f"per batch before it ran",
+        f"calibrated on {len(positives)} prompt(s) x {len(search_seeds)} seed(s), validated on {len(check_seeds)} "
+        f"other seed(s): {', '.join(prompt_labels)}",
+        f"edge strength {strength} (K={max_segment}), reuse rules tried {', '.join(map(str, rules))}: estimated "
+        f"{sum(estimate.values())} calls before it ran",
         f"reference worst segment {record.reference.score:.4g}; anchor {objective_name} {record.anchor.score:.4g} "
         f"over {record.anchor.details.get('trials')} trials",
         *warnings,
@@ -469,7 +489,7 @@ class OTCacheCalibrate:
                 "latent_image": ("LATENT", {"tooltip": "The size to calibrate at (an empty latent)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                                  "tooltip": "First calibration seed. Kept fixed: a new seed means a new calibration."}),
-                "samples": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Calibration samples per prompt: seeds seed .. seed+samples-1."}),
+                "samples": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Calibration samples per prompt: seeds seed .. seed+samples-1. The first half searches, the other half validates: every budget runs with what did best on it end to end (the calibrated schedule or even spacing, and the reuse rule)."}),
                 "steps": ("INT", {"default": 30, "min": MIN_STEPS, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
@@ -486,7 +506,7 @@ class OTCacheCalibrate:
                 "storage": ("STRING", {"default": "", "tooltip": "Optuna storage URL for the anchor study. Empty: a SQLite file in <user>/otcache/.work (resumable); 'memory': none; a postgresql:// URL lets several machines share one study."}),
                 "mode": (["auto", "blocks", "model"], {"default": "auto"}),
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing calibration of the same name."}),
-                "reuse_rules": ("STRING", {"default": ", ".join(DEFAULT_RULES), "tooltip": "Reuse rules measured on every segment; each segment keeps the one that did best. hold: the last computed output; linear / quadratic: extrapolated along sigma; meancacheK (e.g. meancache3): MeanCache's average-velocity correction. Each rule costs about one more rollout pass."}),
+                "reuse_rules": ("STRING", {"default": ", ".join(map(str, DEFAULT_RULES)), "tooltip": "Reuse rules tried end to end, on whole schedules: each budget keeps the one that did best on the validation samples (one rule for all its segments). The first is the rule the edge errors are measured under. hold: the last computed output; linear / quadratic: extrapolated along sigma; horizonK: linear for K steps past the last computed step, then held; meancacheK: MeanCache's average-velocity correction. Each rule costs a few cached generations."}),
                 "clip": ("CLIP", {"tooltip": "The text encoder that encodes 'prompts' (as CLIP Text Encode does)."}),
                 "prompts": ("STRING", {"default": "", "multiline": True, "tooltip": "More prompts to calibrate on, one per line, encoded with 'clip'; each runs every seed, next to the connected positive. The published step caches calibrate on tens of prompts."}),
             },
@@ -494,7 +514,7 @@ class OTCacheCalibrate:
 
     def calibrate(self, model, positive, negative, latent_image, seed, samples, steps, cfg, sampler_name, scheduler,
                   reference_budget, anchor_budget, max_segment, strength, trials, name, vae=None, storage="",
-                  mode="auto", overwrite=False, reuse_rules=", ".join(DEFAULT_RULES), clip=None, prompts=""):
+                  mode="auto", overwrite=False, reuse_rules=", ".join(map(str, DEFAULT_RULES)), clip=None, prompts=""):
         import comfy.utils
 
         bar = comfy.utils.ProgressBar(1)

@@ -51,8 +51,7 @@ def summarize(calibration: Calibration, plan: SchedulePlan, steps: int) -> tuple
         f"budget: {plan.rule.describe()} ({plan.mapping} lambda, warm-up {plan.warmup})",
         f"at {steps} steps: computes {p.schedule.budget} -> {list(p.schedule.compute_steps)}",
         f"ideal speedup {p.schedule.ideal_speedup:.2f}x, lambda {p.lam:.3f} ({p.regime})",
-        f"reuse rules per segment: {rules_summary(resolved.segment_rules())}"
-        + ("" if resolved.rules else " (none measured: hold)"),
+        f"reuse rules per segment: {rules_summary(resolved.rules)} ({resolved.rules_source})",
         *resolved.notes,
         "the sampler's own step count decides at run time; the run log says what was computed",
     ]

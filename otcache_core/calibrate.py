@@ -18,14 +18,24 @@ Edge-error strengths (``K`` = maximum segment length):
   reusing injects, without propagation (``o^_k``: the rule's stand-in built from the recorded outputs;
   ``o_i`` for hold).
 
-Reuse rules (:mod:`otcache_core.reuse`): every edge is measured under each candidate rule, and its
-weight is the error of the rule that did best, which is recorded per edge. An edge keeps its
-definition, "this one segment cached, every other step computed", so in a replay from step ``i`` the
-rule's history is the full trajectory's: the replay starts ``lookback`` steps earlier (from the
-stored state there, computing those steps, which reproduces the full trajectory), and the previous
-computed step is ``i - 1``. At run time the previous computed step is the schedule's previous one, so
-a ``linear`` secant spans a longer gap than the edge measured; the anchor's end-to-end search, which
-runs every candidate schedule with its segments' rules as the runtime does, is what corrects for it.
+Reuse rules (:mod:`otcache_core.reuse`) are chosen *end to end*, on whole schedules, never per
+edge: measured one segment at a time, extrapolating rules looked worse than ``hold`` on most edges of
+trained models while, run on whole schedules, they were 5-9 dB closer to full compute (``hold``'s lag
+compounds from segment to segment, extrapolation errors largely cancel; benchmarks/RESULTS.md). So
+
+* the edges are measured under one rule, the first candidate, with the history that rule will have at
+  run time: its earlier points lie ``history`` steps apart (about ``T / B_ref``, the spacing of the
+  reference), the steps between them reused, as in a run; the error the replay had already collected
+  at ``i`` is subtracted, so the edge weighs what its own segment adds. ``history = 1`` gives the
+  rule adjacent computed steps (the replay starts ``lookback`` steps earlier and computes them);
+* the reference check runs the leximax path and even spacing at ``B_ref`` under every candidate rule and
+  keeps the best pair; the anchor is searched under the rule that did best on even spacing at
+  ``B_anchor``, then run under every candidate and keeps the best;
+* with validation samples (which no stage above sees), every budget of :data:`VALIDATION_RANGE`
+  runs the calibrated schedule and even spacing under every candidate rule; the calibrated schedule is
+  kept only where it came clearly closer to full compute (:data:`UNIFORM_MARGIN`), and each budget
+  runs with its schedule's best rule (:class:`~otcache_core.calibration.BudgetChoice`): a calibration
+  never ships a schedule that even spacing beat on its own validation samples.
 """
 
 from __future__ import annotations
@@ -44,20 +54,31 @@ import numpy as np
 import torch
 
 from .anchor import GRACE_SECONDS, HEARTBEAT_SECONDS, AnchorResult, search_anchor
-from .calibration import Calibration, ScheduleRecord, matrix_to_json
+from .calibration import CALIBRATED, UNIFORM, BudgetChoice, BudgetChoices, Calibration, ScheduleRecord, \
+    matrix_to_json, score_key
 from .errors import FileFormatError, OTCacheError, SaveError
 from .graph import path_errors, solve_reference
 from .jsonfile import finite_number, load_json, require, save_json, short_repr
 from .metrics import relative_l1
-from .reuse import HOLD, LINEAR, QUADRATIC, EdgeRules, parse_rule, rule_names, rules_summary, step_rules
+from .interpolation import predict
+from .reuse import HOLD_RULE, HORIZON2_RULE, LINEAR_RULE, ReuseRule
 from .runtime import CacheRun
 from .schedule import Schedule
 from .warp import identity_warp, resample, sample_warp
 
 STRENGTHS: tuple[str, ...] = ("global", "rollout", "drift")
 MIN_STEPS = 4
-#: Reuse rules a calibration measures unless told otherwise.
-DEFAULT_RULES: tuple[str, ...] = (HOLD, LINEAR, QUADRATIC)
+#: Reuse rules a calibration tries unless told otherwise; the first is the one edges are measured under.
+DEFAULT_RULES: tuple[ReuseRule, ...] = (LINEAR_RULE, HORIZON2_RULE)
+#: The budgets (shares of T) the validation runs end to end: every budget from below the anchor (T/6) to
+#: above the reference (T/2). Every one, not a few: interpolated schedules round differently at each
+#: budget, and an extrapolating rule is sensitive to uneven gaps.
+VALIDATION_RANGE: tuple[float, float] = (0.13, 2 / 3)
+#: How much closer to full compute (a share of even spacing's distance) the calibrated schedule must come on
+#: the validation samples to be kept. Two validation samples of one prompt are a small draw: on DigitFlux
+#: (development prompts, seven calibrations) keeping the calibrated schedule whenever it was ahead at all
+#: lost up to 1 dB to even spacing at some budgets; a fifth removed every loss there (benchmarks/RESULTS.md).
+UNIFORM_MARGIN = 0.2
 
 
 @dataclass
@@ -94,7 +115,7 @@ class Sampler(Protocol):
         stop: int | None = None,
         record: bool = False,
         probe: Collection[int] = (),
-        reuse: str | Sequence[str] | None = None,
+        reuse: ReuseRule | Sequence[ReuseRule] | None = None,
     ) -> SamplingResult:
         """Run steps ``start .. stop-1`` (``stop`` defaults to ``T``) computing where ``mask`` is true.
 
@@ -102,8 +123,9 @@ class Sampler(Protocol):
         full-compute state). ``mask[start]`` is always computed. ``probe``: steps at which, if reused,
         the full model is also run on the current state and its clean-sample prediction recorded in
         ``denoised`` without being used. ``record``: keep ``states``, ``outputs`` and ``step_sizes``.
-        ``reuse``: the reuse rule of every step (a list of ``T`` names) or one name for all; ``None``:
-        hold. A reused step's stand-in reads only what this run computed (from ``start`` on).
+        ``reuse``: the reuse rule of every step (a list of ``T``) or one for all; ``None``: hold. A
+        reused step's stand-in reads only what this run computed (from ``start`` on). ``probe`` may name
+        computed steps too: their clean-sample prediction is recorded at no extra cost.
         """
         ...
 
@@ -143,17 +165,34 @@ class CalibrationSettings:
     grace: int | None = GRACE_SECONDS
     """Seconds without a heartbeat after which a trial counts as dead and is run again."""
     reference_check: bool = True
-    """Run the leximax path and uniform spacing at ``B_ref`` end to end (two cached generations) and keep
-    the better as the reference. Edges replay with the full trajectory as history, which flatters
-    corrected rules on long segments; on the testbed the graph path with corrected rules lost to
-    uniform spacing end to end at ``B_ref``, on the calibration samples themselves."""
-    rules: tuple[str, ...] = DEFAULT_RULES
-    """Candidate reuse rules measured on every edge (``("hold",)``: the calibration of before rules)."""
+    """Run the leximax path and uniform spacing at ``B_ref`` end to end under every candidate rule and keep
+    the best pair as the reference (``False``: the leximax path under the edge rule)."""
+    rules: tuple[ReuseRule, ...] = DEFAULT_RULES
+    """Candidate reuse rules, chosen end to end per schedule; the first is the edges' rule."""
+    history: int | None = None
+    """Steps between the edge rule's earlier points in a replay (``None``: ``round(T / B_ref)``, the
+    reference's spacing, as at run time; 1: adjacent computed steps)."""
+    validation_range: tuple[float, float] = VALIDATION_RANGE
+    uniform_margin: float = UNIFORM_MARGIN
+    """At a validated budget the calibrated schedule is kept only when it is at least this share closer to
+    full compute than even spacing (each with its best rule); otherwise even spacing runs there."""
 
     def __post_init__(self) -> None:
         if not self.rules:
-            raise OTCacheError("give at least one reuse rule to measure (e.g. hold)")
-        self.rules = rule_names(self.rules)
+            raise OTCacheError("give at least one reuse rule to try (e.g. linear)")
+        self.rules = tuple(dict.fromkeys(self.rules))
+
+    @property
+    def edge_rule(self) -> ReuseRule:
+        return self.rules[0]
+
+    def history_for(self, steps: int) -> int:
+        return self.history or max(1, round(steps / self.reference_budget))
+
+    def validation_budgets(self, steps: int) -> list[int]:
+        """The budgets the validation checks at ``steps`` steps, largest first (at least 2, below ``steps``)."""
+        low, high = (max(2, min(steps - 1, round(f * steps))) for f in self.validation_range)
+        return list(range(high, low - 1, -1))
 
     def validate(self, steps: int) -> None:
         if steps < MIN_STEPS:
@@ -178,6 +217,8 @@ class CalibrationSettings:
             )
         if self.trials < 1:
             raise OTCacheError("the anchor search needs at least 1 trial")
+        if self.history is not None and self.history < 1:
+            raise OTCacheError(f"the edge history spacing must be at least 1 step, got {self.history}")
 
 
 def default_budgets(steps: int) -> tuple[int, int]:
@@ -193,21 +234,55 @@ def default_budgets(steps: int) -> tuple[int, int]:
     return ref, anchor
 
 
-def estimated_edge_calls(strength: str, steps: int, max_skip: int, rules: Sequence[str] = (HOLD,)) -> int:
-    """Model calls the edge stage will make for one batch, all candidate ``rules`` together (the text
-    shown before it starts)."""
+def history_steps(i: int, rule: ReuseRule, history: int) -> list[int]:
+    """The computed steps before ``i`` that give ``rule`` its earlier points in a replay from ``i``: the
+    ``lookback`` steps ``i - k * history`` (``k = lookback .. 1``) that exist, oldest first."""
+    return [i - k * history for k in range(rule.lookback, 0, -1) if i - k * history >= 0]
+
+
+def replay_mask(steps: int, i: int, rule: ReuseRule, history: int, reuse_after: range) -> tuple[int, list[bool]]:
+    """``(start, mask)`` of a replay that caches the steps in ``reuse_after`` (after ``i``): it starts at
+    the rule's oldest earlier point, computes those points and ``i``, and reuses every other step before
+    ``i`` as a run with that spacing would."""
+    earlier = history_steps(i, rule, history)
+    start = earlier[0] if earlier else i
+    mask = [True] * steps
+    for k in range(start, i):
+        mask[k] = k in earlier
+    for k in reuse_after:
+        mask[k] = False
+    return start, mask
+
+
+def estimated_edge_calls(strength: str, steps: int, max_skip: int, rule: ReuseRule = HOLD_RULE,
+                         history: int = 1) -> int:
+    """Model calls the edge stage will make for one batch under ``rule`` (the text shown before it starts)."""
     T, K = steps, max_skip
     total = 0
-    for rule in rule_names(rules):
-        lookback = parse_rule(rule).lookback
-        for i in range(T):
-            top = min(i + K, T)
-            warmup = min(lookback, i)  # computed steps replayed before i to give the rule its history
-            if strength == "global":
-                total += sum(warmup + T - i - (j - i - 1) for j in range(i + 2, top + 1))
-            elif strength == "rollout" and top > i + 1:
-                total += warmup + 1 + max(0, min(top, T - 1) - (i + 1))  # step i, then one probe per j < T
+    for i in range(T):
+        top = min(i + K, T)
+        earlier = len(history_steps(i, rule, history))  # computed steps replayed before i
+        baseline = history > 1 and earlier > 0
+        if strength == "global" and top >= i + 2:
+            total += sum(earlier + T - i - (j - i - 1) for j in range(i + 2, top + 1))
+            total += (earlier + T - i) if baseline else 0  # the run that caches only the steps before i
+        elif strength == "rollout" and top > i + 1:
+            total += earlier + 1 + max(0, min(top, T - 1) - (i + 1))  # step i, then one probe per j < T
     return total
+
+
+def estimated_calls(settings: CalibrationSettings, steps: int, validation: bool) -> dict[str, int]:
+    """Model calls of each stage for one batch of samples (``validation``: of the validation batch)."""
+    T, rules = steps, len(settings.rules)
+    history = settings.history_for(T)
+    calls = {"trajectories": T * (2 if validation else 1),
+             "edges": 0 if settings.strength == "drift" else estimated_edge_calls(
+                 settings.strength, T, settings.max_skip, settings.edge_rule, history)}
+    calls["reference"] = 2 * rules * settings.reference_budget if settings.reference_check else 0
+    calls["anchor"] = (2 * rules - 1 + settings.trials) * settings.anchor_budget
+    if validation:
+        calls["validation"] = 2 * rules * sum(settings.validation_budgets(T))
+    return calls
 
 
 RowMeasure = Callable[[int], tuple[list[float | None], int]]
@@ -236,23 +311,24 @@ def _measured_rows(
 def edge_errors_global(
     sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
     done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
-    rule: str = HOLD,
+    rule: ReuseRule = HOLD_RULE, history: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """LeMiCa's end-to-end edge errors under reuse ``rule`` (see module doc). Returns the matrix and
-    the model calls."""
+    """LeMiCa's end-to-end edge errors under reuse ``rule`` with its run-time ``history`` (see module
+    doc). Returns the matrix and the model calls."""
     T = sampler.steps
-    lookback = parse_rule(rule).lookback
 
     def measure_row(i: int) -> tuple[list[float | None], int]:
         row: list[float | None] = [None] * (T + 1)
-        calls = 0
-        start = max(0, i - lookback)
+        start, base_mask = replay_mask(T, i, rule, history, range(0))
+        calls, base = 0, 0.0
+        if not all(base_mask[start:i]):  # the steps before i already cost some error: measure it
+            result = sampler.run(base_mask, start=start, state=full.states[start], reuse=rule)
+            calls, base = result.model_calls, relative_l1(result.final, full.final)
         for j in range(i + 2, min(i + max_skip, T) + 1):
-            mask = [True] * T
-            mask[i + 1 : j] = [False] * (j - i - 1)
+            _, mask = replay_mask(T, i, rule, history, range(i + 1, j))
             result = sampler.run(mask, start=start, state=full.states[start], reuse=rule)
             calls += result.model_calls
-            row[j] = relative_l1(result.final, full.final)
+            row[j] = max(0.0, relative_l1(result.final, full.final) - base)
         return row, calls
 
     return _measured_rows(T, measure_row, progress, done_rows, on_row)
@@ -261,44 +337,43 @@ def edge_errors_global(
 def edge_errors_rollout(
     sampler: Sampler, full: SamplingResult, max_skip: int, progress: Progress | None = None,
     done_rows: dict[int, list[float | None]] | None = None, on_row: Callable[[int, list], None] | None = None,
-    rule: str = HOLD,
+    rule: ReuseRule = HOLD_RULE, history: int = 1,
 ) -> tuple[np.ndarray, int]:
-    """One cached rollout per start step under reuse ``rule``, probed at every candidate next step
-    (see module doc)."""
+    """One cached rollout per start step under reuse ``rule`` with its run-time ``history``, probed at
+    every candidate next step (see module doc)."""
     T = sampler.steps
-    lookback = parse_rule(rule).lookback
 
     def measure_row(i: int) -> tuple[list[float | None], int]:
         row: list[float | None] = [None] * (T + 1)
         end = min(i + max_skip, T)
-        mask = [True] * T
-        mask[i + 1 : end + 1] = [False] * (min(end, T - 1) - i)
-        probes = range(i + 2, min(end, T - 1) + 1)
-        start = max(0, i - lookback)
+        start, mask = replay_mask(T, i, rule, history, range(i + 1, min(end, T - 1) + 1))
+        probes = [i, *range(i + 2, min(end, T - 1) + 1)]  # i: computed, so its prediction costs nothing
         result = sampler.run(mask, start=start, state=full.states[start], stop=min(end + 1, T), probe=probes,
                              reuse=rule)
+        base = 0.0 if all(mask[start:i]) else relative_l1(result.denoised[i], full.denoised[i])
         for j in range(i + 2, end + 1):
             reached, target = (result.final, full.final) if j == T else (result.denoised[j], full.denoised[j])
-            row[j] = relative_l1(reached, target)
+            row[j] = max(0.0, relative_l1(reached, target) - base)
         return row, result.model_calls
 
     return _measured_rows(T, measure_row, progress, done_rows, on_row)
 
 
-def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int, rule: str = HOLD) -> tuple[np.ndarray, int]:
+def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int, rule: ReuseRule = HOLD_RULE,
+                      history: int = 1) -> tuple[np.ndarray, int]:
     """Output drift along the recorded full trajectory under reuse ``rule``; no model calls (see
-    module doc). The stand-ins come from the cache engine fed with the recorded outputs."""
+    module doc). The stand-ins come from the cache engine fed with the recorded outputs at the rule's
+    earlier points (``history`` steps apart) and at ``i``."""
     T = sampler.steps
     if full.step_sizes is None or len(full.outputs) < T:
         raise OTCacheError("drift edge errors need the full run recorded with outputs and step sizes")
-    reuse = parse_rule(rule)
-    if reuse.kind != HOLD and full.sigmas is None:
+    if rule.kind != HOLD_RULE.kind and full.sigmas is None:
         raise OTCacheError("drift edge errors under a corrected rule need the full run's sigmas recorded")
     scale = float(full.final.detach().abs().double().mean()) or 1.0
     w = _empty_matrix(T)
     for i in range(T - 1):
         end = min(i + max_skip, T)
-        standins = _drift_standins(full, reuse, i, end - 1, T) if reuse.kind != HOLD else None
+        standins = _drift_standins(full, rule, i, end - 1, T, history) if rule.kind != HOLD_RULE.kind else None
         acc = 0.0
         for j in range(i + 2, end + 1):
             k = j - 1
@@ -309,34 +384,14 @@ def edge_errors_drift(sampler: Sampler, full: SamplingResult, max_skip: int, rul
     return w, 0
 
 
-def _drift_standins(full: SamplingResult, rule, i: int, last: int, steps: int) -> dict[int, torch.Tensor]:
-    """Stand-ins for steps ``i+1 .. last`` when ``0 .. i`` computed the recorded outputs."""
+def _drift_standins(full: SamplingResult, rule: ReuseRule, i: int, last: int, steps: int,
+                    history: int) -> dict[int, torch.Tensor]:
+    """Stand-ins for steps ``i+1 .. last`` from the recorded outputs at the rule's earlier points and ``i``."""
     mask = [k <= i for k in range(steps)]
-    run = CacheRun(Schedule.from_mask(mask), rules=rule.name, sigmas=full.sigmas)
-    for k in range(max(0, i - rule.lookback), i + 1):
+    run = CacheRun(Schedule.from_mask(mask), rules=rule, sigmas=full.sigmas)
+    for k in [*history_steps(i, rule, history), i]:
         run.store("output", full.outputs[k], full.sigmas[k])
     return {k: run.standin("output", k, full.sigmas[k]) for k in range(i + 1, last + 1)}
-
-
-def _share_of(progress: Progress | None, part: int, parts: int) -> Progress | None:
-    """Progress of one of ``parts`` equal parts of a stage, reported as progress of the whole stage."""
-    if progress is None:
-        return None
-    return lambda stage, done, total: progress(stage, part * total + done, parts * total)
-
-
-def best_rules(by_rule: dict[str, np.ndarray], steps: int) -> tuple[np.ndarray, EdgeRules]:
-    """Per edge, the smallest error over the candidate rules and the rule that reached it (ties: the
-    earlier candidate; an edge only some rules measured takes the best of those)."""
-    names = list(by_rule)
-    stack = np.stack([by_rule[n] for n in names])
-    filled = np.where(np.isnan(stack), np.inf, stack)
-    choice = np.argmin(filled, axis=0)
-    errors = np.take_along_axis(filled, choice[None], axis=0)[0]
-    errors[~np.isfinite(errors)] = np.nan
-    matrix = [[names[choice[i, j]] if j >= i + 2 and np.isfinite(errors[i, j]) else None for j in range(steps + 1)]
-              for i in range(steps + 1)]
-    return errors, EdgeRules.from_matrix(matrix, steps)
 
 
 def _empty_matrix(T: int) -> np.ndarray:
@@ -411,12 +466,14 @@ class EdgeCheckpoint:
             out[int(name)] = row
         return out
 
-    def for_rule(self, rule: str) -> EdgeCheckpoint:
-        """The rows measured under reuse ``rule``: this file for hold (so checkpoints written before
-        rules existed still resume), a sibling file ``<name>.<rule>.json`` for the others."""
-        if parse_rule(rule).name == HOLD:
+    def for_rule(self, rule: ReuseRule, history: int = 1) -> EdgeCheckpoint:
+        """The rows measured under reuse ``rule`` with earlier points ``history`` steps apart: this file for
+        hold (so checkpoints written before rules existed still resume), a sibling file
+        ``<name>.<rule>.json`` (``<name>.<rule>.h<history>.json`` for ``history > 1``) for the others."""
+        if rule == HOLD_RULE:
             return self
-        sibling = self.path.with_name(f"{self.path.stem}.{parse_rule(rule).name}{self.path.suffix}")
+        spacing = f".h{history}" if history > 1 else ""
+        sibling = self.path.with_name(f"{self.path.stem}.{rule.name}{spacing}{self.path.suffix}")
         return EdgeCheckpoint(sibling, self.key, self.steps, parent=self)
 
     def add(self, i: int, row: list[float | None]) -> None:
@@ -449,6 +506,33 @@ class CalibrationOutcome:
     full: SamplingResult
 
 
+class EndToEnd:
+    """Runs whole schedules under one rule on one batch and scores them against its full-compute final,
+    remembering every score (the same schedule and rule never run twice) and counting model calls."""
+
+    def __init__(self, sampler: Sampler, full_final: torch.Tensor,
+                 distance: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
+        self.sampler, self.full_final, self.distance = sampler, full_final, distance
+        self.calls = 0
+        self._scores: dict[tuple[Schedule, ReuseRule], float] = {}
+
+    def __call__(self, schedule: Schedule, rule: ReuseRule) -> float:
+        key = (schedule, rule)
+        if key not in self._scores:
+            result = self.sampler.run(schedule.mask(), reuse=rule)
+            self.calls += result.model_calls
+            self._scores[key] = self.distance(result.final, self.full_final)
+        return self._scores[key]
+
+    def best(self, schedules: dict[str, Schedule], rules: Sequence[ReuseRule]) -> tuple[str, ReuseRule, dict[str, float]]:
+        """The ``(schedule name, rule)`` pair with the smallest distance (ties: the earlier name, then the
+        earlier rule) and every pair's score, keyed as :func:`~otcache_core.calibration.score_key`."""
+        scores = {score_key(name, rule): self(schedule, rule) for name, schedule in schedules.items() for rule in rules}
+        pairs = [(name, rule) for name in schedules for rule in rules]
+        name, rule = min(pairs, key=lambda pair: scores[score_key(*pair)])
+        return name, rule, scores
+
+
 def calibrate(
     sampler: Sampler,
     settings: CalibrationSettings,
@@ -461,76 +545,70 @@ def calibrate(
     progress: Progress | None = None,
     checkpoint: EdgeCheckpoint | None = None,
     log: Callable[[str], None] | None = None,
+    validation: Sampler | None = None,
 ) -> CalibrationOutcome:
-    """Run the three stages and return the calibration record.
+    """Run the three stages, then the validation, and return the calibration record.
 
-    ``distance(cached_final, full_final)`` is the anchor objective (lower is better), e.g. LPIPS on
-    decoded images; ``objective_name`` is stored in the record.
+    ``distance(cached_final, full_final)`` is the end-to-end objective (lower is better), e.g. LPIPS on
+    decoded images; ``objective_name`` is stored in the record. ``validation`` samples the validation
+    samples (same steps; no other stage sees them): without it the reference and the anchor are the
+    only budgets the record has a choice for, measured on the search samples.
     """
     T = sampler.steps
     settings.validate(T)
+    if validation is not None and validation.steps != T:
+        raise OTCacheError(f"the validation samples run {validation.steps} steps, the search samples {T}")
     say = log or (lambda _msg: None)
     cost_calls: dict[str, int] = {}
     cost_seconds: dict[str, float] = {}
+    rules, edge_rule, history = settings.rules, settings.edge_rule, settings.history_for(T)
+    estimate = estimated_calls(settings, T, validation is not None)
+    say(f"about {sum(estimate.values())} model calls in all: " + ", ".join(f"{k} {v}" for k, v in estimate.items()))
 
     say(f"stage 1/3: full-compute trajectories ({T} steps)")
     t0 = time.perf_counter()
     full = sampler.run([True] * T, record=True)
-    cost_calls["trajectories"], cost_seconds["trajectories"] = full.model_calls, time.perf_counter() - t0
+    checked_full = validation.run([True] * T) if validation is not None else None
+    cost_calls["trajectories"] = full.model_calls + (checked_full.model_calls if checked_full else 0)
+    cost_seconds["trajectories"] = time.perf_counter() - t0
     if progress:
         progress("trajectories", 1, 1)
 
-    estimate = estimated_edge_calls(settings.strength, T, settings.max_skip, settings.rules)
-    say(f"stage 2/3: {settings.strength} edge errors, K={settings.max_skip}, reuse rules {', '.join(settings.rules)}: "
-        f"about {estimate} model calls ({estimate / max(1, T):.1f} full generations)")
+    say(f"stage 2/3: {settings.strength} edge errors, K={settings.max_skip}, reuse rule {edge_rule} with earlier "
+        f"points {history} step(s) apart: about {estimate['edges']} model calls ({estimate['edges'] / T:.1f} full "
+        "generations)")
     t0 = time.perf_counter()
-    by_rule: dict[str, np.ndarray] = {}
-    calls = 0
-    for number, rule in enumerate(settings.rules):
-        part = checkpoint.for_rule(rule) if checkpoint else None
-        if part and part.problem:
-            say(part.problem)
-        rows, on_row = (part.rows, part.add) if part else (None, None)
-        rule_progress = _share_of(progress, number, len(settings.rules))
-        if settings.strength == "global":
-            by_rule[rule], n = edge_errors_global(sampler, full, settings.max_skip, rule_progress, rows, on_row, rule)
-        elif settings.strength == "rollout":
-            by_rule[rule], n = edge_errors_rollout(sampler, full, settings.max_skip, rule_progress, rows, on_row, rule)
-        else:
-            by_rule[rule], n = edge_errors_drift(sampler, full, settings.max_skip, rule)
-        calls += n
+    part = checkpoint.for_rule(edge_rule, history) if checkpoint else None
+    if part and part.problem:
+        say(part.problem)
+    rows, on_row = (part.rows, part.add) if part else (None, None)
+    if settings.strength == "global":
+        errors, calls = edge_errors_global(sampler, full, settings.max_skip, progress, rows, on_row, edge_rule, history)
+    elif settings.strength == "rollout":
+        errors, calls = edge_errors_rollout(sampler, full, settings.max_skip, progress, rows, on_row, edge_rule, history)
+    else:
+        errors, calls = edge_errors_drift(sampler, full, settings.max_skip, edge_rule, history)
     if checkpoint and checkpoint.save_problem:
         say(checkpoint.save_problem)
-    errors, edge_rules = best_rules(by_rule, T)
     path = solve_reference(errors, T, settings.reference_budget, max_skip=settings.max_skip)
     cost_calls["edges"], cost_seconds["edges"] = calls, time.perf_counter() - t0
 
-    end_to_end_calls = 0
-
-    def objective(schedule: Schedule) -> float:
-        """The end-to-end distance of ``schedule`` run as the runtime runs it (its segments' rules)."""
-        nonlocal end_to_end_calls
-        rules, _ = edge_rules.segment_rules(schedule)
-        result = sampler.run(schedule.mask(), reuse=step_rules(schedule, rules))
-        end_to_end_calls += result.model_calls
-        return distance(result.final, full.final)
-
-    reference, reference_method, checked = path.schedule, path.objective, {}
+    search = EndToEnd(sampler, full.final, distance)
+    t0 = time.perf_counter()
+    reference, reference_method, reference_rule, checked = path.schedule, path.objective, edge_rule, {}
     if settings.reference_check:
-        t0 = time.perf_counter()
         uniform = sample_warp(identity_warp(), T, settings.reference_budget)
-        if uniform != path.schedule:
-            checked = {path.objective: objective(path.schedule), "uniform": objective(uniform)}
-            if checked["uniform"] < checked[path.objective]:
-                reference, reference_method = uniform, "uniform"
-        cost_calls["reference"], cost_seconds["reference"] = end_to_end_calls, time.perf_counter() - t0
-        end_to_end_calls = 0
-    reference_rules, _ = edge_rules.segment_rules(reference)
-    say(f"reference B={settings.reference_budget} ({reference_method}): {list(reference.compute_steps)} "
-        f"(rules: {rules_summary(reference_rules)})")
+        pair = {path.objective: path.schedule, **({UNIFORM: uniform} if uniform != path.schedule else {})}
+        reference_method, reference_rule, checked = search.best(pair, rules)
+        reference = pair[reference_method]
+        cost_calls["reference"], cost_seconds["reference"] = search.calls, time.perf_counter() - t0
+    say(f"reference B={settings.reference_budget} ({reference_method}, {reference_rule}): "
+        f"{list(reference.compute_steps)}")
 
     say(f"stage 3/3: anchor search at B={settings.anchor_budget}, {settings.trials} trials ({objective_name})")
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), search.calls
+    uniform_anchor = sample_warp(identity_warp(), T, settings.anchor_budget)
+    _, search_rule, _ = search.best({UNIFORM: uniform_anchor}, rules)
 
     def on_trial(number: int, schedule: Schedule, value: float) -> None:
         if progress:
@@ -538,14 +616,29 @@ def calibrate(
 
     seeds = anchor_candidates(T, settings.anchor_budget, reference, errors, settings.max_skip)
     anchor = search_anchor(
-        objective, T, settings.anchor_budget, n_trials=settings.trials, seed=settings.seed,
-        n_bins=settings.n_bins, initial=seeds, storage=settings.storage, study_name=settings.study_name,
-        on_trial=on_trial, polish=settings.polish, heartbeat=settings.heartbeat, grace=settings.grace,
+        lambda schedule: search(schedule, search_rule), T, settings.anchor_budget, n_trials=settings.trials,
+        seed=settings.seed, n_bins=settings.n_bins, initial=seeds, storage=settings.storage,
+        study_name=settings.study_name, on_trial=on_trial, polish=settings.polish, heartbeat=settings.heartbeat,
+        grace=settings.grace,
     )
-    cost_calls["anchor"], cost_seconds["anchor"] = end_to_end_calls, time.perf_counter() - t0
-    anchor_rules, _ = edge_rules.segment_rules(anchor.schedule)
-    say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g}; "
-        f"rules: {rules_summary(anchor_rules)})")
+    _, anchor_rule, anchor_scores = search.best({CALIBRATED: anchor.schedule}, rules)
+    cost_calls["anchor"], cost_seconds["anchor"] = search.calls - before, time.perf_counter() - t0
+    say(f"anchor B={settings.anchor_budget}: {list(anchor.schedule.compute_steps)} ({objective_name} {anchor.score:.4g} "
+        f"under {search_rule}; best rule {anchor_rule})")
+
+    if checked_full is not None:
+        t0 = time.perf_counter()
+        checking = EndToEnd(validation, checked_full.final, distance)
+        choices = validate_budgets(checking, reference, anchor.schedule, settings.validation_budgets(T), rules,
+                                   settings.uniform_margin, progress)
+        cost_calls["validation"], cost_seconds["validation"] = checking.calls, time.perf_counter() - t0
+        budgets = BudgetChoices(choices, objective_name, int(checked_full.final.shape[0]), True)
+        for choice in budgets.choices:
+            say(f"validation {choice.describe(T)}")
+    else:
+        ref_choice = BudgetChoice(reference.budget, CALIBRATED, reference_rule, dict(checked))
+        anchor_choice = BudgetChoice(anchor.schedule.budget, CALIBRATED, anchor_rule, anchor_scores)
+        budgets = BudgetChoices((ref_choice, anchor_choice), objective_name, int(full.final.shape[0]), False)
 
     segment_errors = path_errors(errors, reference)
     reference_details: dict[str, Any] = {"segment_errors": list(segment_errors), "max_skip": settings.max_skip}
@@ -555,21 +648,47 @@ def calibrate(
         name=name,
         steps=T,
         reference=ScheduleRecord(reference, reference_method, max(segment_errors), reference_details,
-                                 rules=reference_rules),
+                                 rules=(reference_rule,) * len(reference.segments())),
         anchor=ScheduleRecord(
             anchor.schedule, "optuna", anchor.score,
             {"objective": objective_name, "trials": anchor.trials, "seed": settings.seed, "n_bins": settings.n_bins,
-             "polish": settings.polish,
+             "polish": settings.polish, "search_rule": search_rule.name, "end_to_end": anchor_scores,
              "history": anchor.history},
-            rules=anchor_rules,
+            rules=(anchor_rule,) * len(anchor.schedule.segments()),
         ),
         model=model or {},
         sampler=sampler_info or {},
         edge_errors={"strength": settings.strength, "max_skip": settings.max_skip, "metric": "rel_l1",
-                     "matrix": matrix_to_json(errors), "rules": edge_rules.to_matrix(),
-                     "candidates": list(settings.rules),
-                     "by_rule": {rule: matrix_to_json(m) for rule, m in by_rule.items()}},
+                     "matrix": matrix_to_json(errors), "rule": edge_rule.name, "history": history,
+                     "candidates": [r.name for r in rules]},
+        budgets=budgets,
         cost={"model_calls": cost_calls, "seconds": {k: round(v, 3) for k, v in cost_seconds.items()},
-              "full_generation_calls": full.model_calls},
+              "full_generation_calls": full.model_calls, "estimated_calls": estimate},
     )
     return CalibrationOutcome(record, errors, anchor, full)
+
+
+def validate_budgets(run: EndToEnd, reference: Schedule, anchor: Schedule, budgets: Sequence[int],
+                     rules: Sequence[ReuseRule], margin: float = UNIFORM_MARGIN,
+                     progress: Progress | None = None) -> tuple[BudgetChoice, ...]:
+    """At each of ``budgets``, the calibrated schedule (the interpolation of ``reference`` and ``anchor``)
+    and even spacing, each under every rule, end to end on the samples ``run`` samples. The budget runs
+    with the calibrated schedule and its best rule if that comes ``margin`` (a share) closer to full
+    compute than even spacing with its best rule, otherwise with even spacing and its best rule (ties:
+    the earlier rule)."""
+    steps = reference.steps
+    choices = []
+    for n, budget in enumerate(budgets):
+        calibrated = predict(reference, anchor, steps, budget).schedule
+        uniform = sample_warp(identity_warp(), steps, budget)
+        _, rule, scores = run.best({CALIBRATED: calibrated}, rules)
+        kind = CALIBRATED
+        if uniform != calibrated:
+            _, even_rule, even_scores = run.best({UNIFORM: uniform}, rules)
+            scores.update(even_scores)
+            if scores[score_key(CALIBRATED, rule)] > (1.0 - margin) * even_scores[score_key(UNIFORM, even_rule)]:
+                kind, rule = UNIFORM, even_rule
+        choices.append(BudgetChoice(budget, kind, rule, scores))
+        if progress:
+            progress("validation", n + 1, len(budgets))
+    return tuple(choices)

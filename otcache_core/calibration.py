@@ -6,8 +6,12 @@ source named.
 
 Versions: 2 adds reuse rules (:mod:`otcache_core.reuse`): the rule each measured edge did best with
 (``edge_errors.rules``, with the candidates and each candidate's matrix) and the rule of each segment
-of the reference and the anchor (``rules``). Version-1 files (every file written before rules, the
-shipped presets included) load unchanged and reuse with ``hold``, exactly as before.
+of the reference and the anchor (``rules``). 3 adds ``budgets``: for each of several budgets, the
+schedule (the calibrated one or even spacing) and the one reuse rule that did best *end to end* on
+samples the search never saw, with every score (:class:`BudgetChoice`); and ``reuse``, one rule for
+every segment of a file that has no per-budget choices (the shipped presets), with where it comes from.
+Files of every version load; version-1 files (written before rules) carry no rule at all, and what
+they run with is decided where they are used (:mod:`otcache_core.plan`).
 """
 
 from __future__ import annotations
@@ -21,11 +25,16 @@ import numpy as np
 
 from .errors import FileFormatError, OTCacheError
 from .jsonfile import check_document, finite_number, load_json, require, save_json, short_repr
-from .reuse import DEFAULT_FALLBACK, EdgeRules, parse_rule, rules_summary
+from .reuse import DEFAULT_FALLBACK, DEFAULT_RULE, DEFAULT_RULE_SOURCE, EdgeRules, ReuseRule, parse_rule, rules_summary
 from .schedule import Schedule, check_steps, schedule_from_fields
 
 CALIBRATION_FORMAT = "otcache.calibration"
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
+
+CALIBRATED = "calibrated"
+UNIFORM = "uniform"
+#: What a :class:`BudgetChoice` may pick: the calibration's interpolated schedule, or even spacing.
+SCHEDULE_KINDS: tuple[str, ...] = (CALIBRATED, UNIFORM)
 
 
 @dataclass(frozen=True)
@@ -39,17 +48,14 @@ class ScheduleRecord:
     score: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
     """Method-specific facts: segment errors, objective name, trials, source of a published list."""
-    rules: tuple[str, ...] | None = None
-    """The reuse rule of each segment (``None``: hold everywhere, as every record before rules)."""
+    rules: tuple[ReuseRule, ...] | None = None
+    """The reuse rule of each segment (``None``: none recorded, as every record before rules)."""
 
     def __post_init__(self) -> None:
-        if self.rules is not None:
-            rules = tuple(parse_rule(r).name for r in self.rules)
-            if len(rules) != len(self.schedule.segments()):
-                raise OTCacheError(
-                    f"{len(rules)} reuse rules for the {len(self.schedule.segments())} segments of {self.schedule}"
-                )
-            object.__setattr__(self, "rules", rules)
+        if self.rules is not None and len(self.rules) != len(self.schedule.segments()):
+            raise OTCacheError(
+                f"{len(self.rules)} reuse rules for the {len(self.schedule.segments())} segments of {self.schedule}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,7 +67,7 @@ class ScheduleRecord:
         if self.score is not None:
             out["score"] = self.score
         if self.rules is not None:
-            out["rules"] = list(self.rules)
+            out["rules"] = [r.name for r in self.rules]
         out.update(self.details)
         return out
 
@@ -80,9 +86,109 @@ class ScheduleRecord:
         details = {k: v for k, v in doc.items()
                    if k not in ("compute_steps", "budget", "steps", "method", "score", "rules")}
         try:
-            return cls(schedule, method, score, details, None if rules is None else tuple(rules))
+            return cls(schedule, method, score, details, None if rules is None else tuple(parse_rule(r) for r in rules))
         except OTCacheError as exc:  # the rules do not fit the schedule's segments
             raise FileFormatError(f"{where}: field 'rules': {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """What runs at one budget: the schedule (the calibration's own or even spacing) and one reuse rule
+    for all its segments, the pair that came closest to full compute end to end.
+
+    ``scores`` holds every pair tried, ``"<schedule> <rule>" -> distance`` (lower is better), measured
+    on ``samples`` samples (the calibration's validation samples, which no search stage saw; or, for
+    the reference and the anchor of a calibration without them, the search samples).
+    """
+
+    budget: int
+    """Computed steps of the calibration's own step count."""
+    schedule: str
+    rule: ReuseRule
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULE_KINDS:
+            raise OTCacheError(f"a budget choice's schedule must be one of {', '.join(SCHEDULE_KINDS)}, "
+                               f"got {self.schedule!r}")
+
+    def describe(self, steps: int) -> str:
+        """``"10 of 30: even spacing + linear (0.0123; calibrated + linear 0.0150)"``."""
+        what = "even spacing" if self.schedule == UNIFORM else "the calibrated schedule"
+        own = self.scores.get(score_key(self.schedule, self.rule))
+        others = [f"{k} {v:.4g}" for k, v in sorted(self.scores.items(), key=lambda kv: kv[1])
+                  if k != score_key(self.schedule, self.rule)]
+        scored = "" if own is None else f" ({own:.4g}" + (f"; {', '.join(others[:2])}" if others else "") + ")"
+        return f"{self.budget} of {steps}: {what} + {self.rule}{scored}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "schedule": self.schedule, "rule": self.rule.name, "scores": dict(self.scores)}
+
+    @classmethod
+    def from_dict(cls, doc: Any, *, where: str) -> BudgetChoice:
+        if not isinstance(doc, dict):
+            raise FileFormatError(f"{where}: expected an object")
+        budget = require(doc, "budget", int, where=where)
+        schedule = require(doc, "schedule", str, where=where)
+        rule = _rule_field(doc, "rule", where=where)
+        scores = _dict_field(doc, "scores", where)
+        for key, value in scores.items():
+            finite_number(value, f"scores.{short_repr(key, 40)}", where=where, minimum=0.0)
+        try:
+            return cls(budget, schedule, rule, dict(scores))
+        except OTCacheError as exc:
+            raise FileFormatError(f"{where}: {exc}") from exc
+
+
+def score_key(schedule: str, rule: ReuseRule) -> str:
+    """How :attr:`BudgetChoice.scores` names one (schedule, rule) pair."""
+    return f"{schedule} {rule.name}"
+
+
+@dataclass(frozen=True)
+class BudgetChoices:
+    """The end-to-end choices of a calibration, one per budget it checked (largest budget first)."""
+
+    choices: tuple[BudgetChoice, ...]
+    objective: str = ""
+    samples: int = 0
+    """Samples each choice was measured on."""
+    validated: bool = True
+    """``True``: on samples no search stage saw; ``False``: on the search samples (no validation)."""
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            raise OTCacheError("budget choices need at least one budget")
+        object.__setattr__(self, "choices", tuple(sorted(self.choices, key=lambda c: -c.budget)))
+
+    def nearest(self, fraction: float, steps: int) -> BudgetChoice:
+        """The choice of the checked budget closest to ``fraction`` of the run (``budget / steps`` of the
+        calibration's ``steps``); a tie goes to the larger budget."""
+        return min(self.choices, key=lambda c: (round(abs(c.budget / steps - fraction), 9), -c.budget))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objective": self.objective, "samples": self.samples, "validated": self.validated,
+                "budgets": [c.to_dict() for c in self.choices]}
+
+    @classmethod
+    def from_dict(cls, doc: Any, steps: int, *, where: str) -> BudgetChoices:
+        if not isinstance(doc, dict):
+            raise FileFormatError(f"{where}: expected an object")
+        items = require(doc, "budgets", list, where=where)
+        choices = tuple(BudgetChoice.from_dict(item, where=f"{where}: budgets[{n}]") for n, item in enumerate(items))
+        for n, choice in enumerate(choices):
+            if not 1 <= choice.budget <= steps:
+                raise FileFormatError(f"{where}: budgets[{n}]: field 'budget' must be between 1 and {steps}")
+        samples = doc.get("samples", 0)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise FileFormatError(f"{where}: field 'samples' must be a whole number >= 0")
+        validated = doc.get("validated", True)
+        if not isinstance(validated, bool):
+            raise FileFormatError(f"{where}: field 'validated' must be true or false")
+        try:
+            return cls(choices, _text_field(doc, "objective", where), samples, validated)
+        except OTCacheError as exc:
+            raise FileFormatError(f"{where}: {exc}") from exc
 
 
 @dataclass
@@ -103,6 +209,12 @@ class Calibration:
     ``by_rule`` (each candidate's matrix)."""
     cost: dict[str, Any] = field(default_factory=dict)
     """Per stage: model calls and seconds."""
+    budgets: BudgetChoices | None = None
+    """Version 3: the schedule and the reuse rule each checked budget runs with (end to end)."""
+    rule: ReuseRule | None = None
+    """Version 3: one reuse rule for every segment where no budget choice applies (the shipped presets)."""
+    rule_source: str = ""
+    """Where :attr:`rule` comes from (a measurement, named)."""
     source: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -132,9 +244,17 @@ class Calibration:
 
     @property
     def has_rules(self) -> bool:
-        """Whether the calibration measured reuse rules (version 2); without, every segment holds."""
+        """Whether the file says which reuse rules to run with (version 2 or 3)."""
         return bool(self.edge_errors and self.edge_errors.get("rules") is not None) or any(
-            r.rules is not None for r in (self.reference, self.anchor))
+            r.rules is not None for r in (self.reference, self.anchor)) or self.budgets is not None \
+            or self.rule is not None
+
+    @property
+    def version(self) -> int:
+        """The lowest file version that holds everything this record has."""
+        if self.budgets is not None or self.rule is not None:
+            return CALIBRATION_VERSION
+        return 2 if self.has_rules else 1
 
     def edge_rules(self, fallback: str = DEFAULT_FALLBACK) -> EdgeRules | None:
         """The best reuse rule per measured edge, or ``None`` (files without rules: hold)."""
@@ -147,8 +267,8 @@ class Calibration:
 
         return {
             "format": CALIBRATION_FORMAT,
-            # a record without rules is written as version 1, which every OTCache reads the same way
-            "version": CALIBRATION_VERSION if self.has_rules else 1,
+            # the lowest version that holds the record: older OTCaches read what they can
+            "version": self.version,
             "name": self.name,
             "steps": self.steps,
             "model": self.model,
@@ -156,6 +276,8 @@ class Calibration:
             "reference": self.reference.to_dict(),
             "anchor": self.anchor.to_dict(),
             "edge_errors": self.edge_errors,
+            **({"budgets": self.budgets.to_dict()} if self.budgets is not None else {}),
+            **({"reuse": {"rule": self.rule.name, "source": self.rule_source}} if self.rule is not None else {}),
             "cost": self.cost,
             "source": self.source,
             "notes": self.notes,
@@ -178,6 +300,11 @@ class Calibration:
             _check_edge_errors(edge_errors, steps, where=f"{where}: edge_errors")
         model = _dict_field(doc, "model", where)
         _check_model(model, where=f"{where}: model")
+        budgets = doc.get("budgets")
+        if budgets is not None:
+            budgets = BudgetChoices.from_dict(budgets, steps, where=f"{where}: budgets")
+        reuse = _dict_field(doc, "reuse", where)
+        rule = _rule_field(reuse, "rule", where=f"{where}: reuse") if reuse else None
         try:
             return cls(
                 name=_text_field(doc, "name", where),
@@ -188,6 +315,9 @@ class Calibration:
                 sampler=_dict_field(doc, "sampler", where),
                 edge_errors=edge_errors,
                 cost=_dict_field(doc, "cost", where),
+                budgets=budgets,
+                rule=rule,
+                rule_source=_text_field(reuse, "source", f"{where}: reuse") if reuse else "",
                 source=_dict_field(doc, "source", where),
                 notes=_text_list(doc.get("notes"), "notes", where=where),
                 created=_text_field(doc, "created", where),
@@ -224,13 +354,28 @@ class Calibration:
             f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}{rules(anc)}",
             self.description(),
         ]
+        if self.rule is not None:
+            lines.append(f"reuse rule {self.rule} for every segment" + (f" ({self.rule_source})" if self.rule_source else ""))
+        if self.budgets is not None:
+            checked = (f"on {self.budgets.samples} validation sample(s) no search stage saw" if self.budgets.validated
+                       else "on the search samples (no validation samples)")
+            lines.append(f"checked end to end {checked}, {self.budgets.objective}; each budget runs with:")
+            lines.extend(f"  {choice.describe(self.steps)}" for choice in self.budgets.choices)
         if not self.has_rules:
-            lines.append("reuse rules: none in this file (a preset, or a calibration from before rules): every reused "
-                         "step holds unless OTCache Apply's 'reuse' picks a rule")
+            lines.append(f"reuse rules: none in this file (a calibration from before rules): it runs with {DEFAULT_RULE} "
+                         f"({DEFAULT_RULE_SOURCE}) unless OTCache Apply's 'reuse' picks a rule")
         if anc.method == "published" and not any("published graph schedule" in n for n in self.notes):
             lines.append("the anchor is a published graph schedule, not an Optuna-searched one; calibrate to replace it")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+
+def _rule_field(doc: dict[str, Any], key: str, *, where: str) -> ReuseRule:
+    name = require(doc, key, str, where=where)
+    try:
+        return parse_rule(name)
+    except OTCacheError as exc:
+        raise FileFormatError(f"{where}: field {key!r}: {exc}") from exc
 
 
 def _dict_field(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ def _schedule_command(args: argparse.Namespace) -> dict:
         )
         resolved = plan.resolve(args.steps)
         prediction, notes, rules = resolved.prediction, list(resolved.notes), resolved.rules
+        notes.append(f"reuse rules: {resolved.rules_source}")
         if calibration.anchor.method == "published":
             notes.append("the anchor is a published graph schedule, not an Optuna-searched one")
         source_steps = calibration.steps
@@ -57,7 +58,7 @@ def _schedule_command(args: argparse.Namespace) -> dict:
     out = prediction.to_dict()
     out["source_steps"] = source_steps
     if rules is not None:
-        out["rules"] = list(rules)
+        out["rules"] = [rule.name for rule in rules]
     out["notes"] = notes
     return out
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .calibration import Calibration
+from .calibration import UNIFORM, BudgetChoice, BudgetChoices, Calibration
 from .errors import ScheduleError
 from .interpolation import LAMBDA_MAPPINGS, Prediction, budget_for_fraction, predict_from_warps
-from .reuse import FALLBACKS, HOLD, EdgeRules
+from .reuse import DEFAULT_RULE, DEFAULT_RULE_SOURCE, FALLBACKS, EdgeRules, ReuseRule
 from .schedule import Schedule, check_steps
-from .warp import Warp, sample_warp, warp_of
+from .warp import Warp, identity_warp, sample_warp, warp_of
 
 BudgetKind = Literal["steps", "speedup"]
 
@@ -67,18 +67,17 @@ class Resolved:
     """A plan resolved for one run."""
 
     prediction: Prediction
+    rules: tuple[ReuseRule, ...]
+    """The reuse rule of each segment of the schedule."""
     notes: tuple[str, ...] = ()
-    rules: tuple[str, ...] | None = None
-    """The reuse rule of each segment of the schedule (``None``: hold everywhere)."""
+    rules_source: str = ""
+    """Where the rules come from, in a few words (the run's log line and the Schedule summary show it)."""
     fallbacks: int = 0
     """Segments whose rule no calibration edge measured (they took the table's fallback)."""
 
     @property
     def schedule(self) -> Schedule:
         return self.prediction.schedule
-
-    def segment_rules(self) -> tuple[str, ...]:
-        return self.rules if self.rules is not None else (HOLD,) * len(self.schedule.segments())
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,12 @@ class SchedulePlan:
     families: tuple[str, ...] = ()
     """Model architectures the plan was made for (empty: any)."""
     reuse: EdgeRules | None = None
-    """The calibration's best reuse rule per edge; segments look their rule up here (``None``: hold)."""
+    """A version-2 calibration's best reuse rule per edge; segments look their rule up here."""
+    budgets: BudgetChoices | None = None
+    """A version-3 calibration's end-to-end choice (schedule and rule) per checked budget."""
+    rule_for_all: ReuseRule | None = None
+    """One rule for every segment (a preset's); with none of the three: :data:`~otcache_core.reuse.DEFAULT_RULE`."""
+    rule_source: str = ""
 
     def __post_init__(self) -> None:
         if self.mapping not in LAMBDA_MAPPINGS:
@@ -123,14 +127,22 @@ class SchedulePlan:
             label=label or calibration.name,
             families=calibration_families(calibration),
             reuse=calibration.edge_rules(),
+            budgets=calibration.budgets,
+            rule_for_all=calibration.rule,
+            rule_source=calibration.rule_source,
         )
 
     @classmethod
     def from_schedule(cls, schedule: Schedule, *, label: str = "", rule: BudgetRule | None = None,
-                      rules: tuple[str, ...] | None = None) -> SchedulePlan:
-        """A plan that reproduces ``schedule`` at its own T and resamples its warp elsewhere; ``rules``
-        (one per segment) are its segments' reuse rules (elsewhere: the nearest segment's)."""
+                      rules: tuple[ReuseRule, ...] | ReuseRule | None = None) -> SchedulePlan:
+        """A plan that reproduces ``schedule`` at its own T and resamples its warp elsewhere; ``rules`` are
+        its segments' reuse rules (one per segment; elsewhere the table's fallback), or one for all."""
         reuse = None
+        if isinstance(rules, ReuseRule):
+            return cls(reference=warp_of(schedule), ref_fraction=schedule.budget / schedule.steps, anchor=None,
+                       anchor_fraction=None, source_steps=schedule.steps,
+                       rule=rule or BudgetRule("steps", schedule.budget, schedule.steps), label=label,
+                       rule_for_all=rules)
         if rules is not None:
             segments = schedule.segments()
             if len(rules) != len(segments):
@@ -148,7 +160,7 @@ class SchedulePlan:
         )
 
     def resolve(self, steps: int) -> Resolved:
-        """The schedule for a run of ``steps`` steps, with notes on what was adapted."""
+        """The schedule for a run of ``steps`` steps and its segments' rules, with notes on what was adapted."""
         T = check_steps(steps)
         # the warm-up prefix is part of the budget; keep at least one step for the warp after it
         B = min(T, self.rule.budget_for(T, minimum=self.warmup + 1))
@@ -158,7 +170,10 @@ class SchedulePlan:
             notes.append(f"schedule resampled from T={self.source_steps} to T={T}")
         if self.rule.kind == "steps" and self.rule.at_steps != T:
             notes.append(f"budget {self.rule.describe()} -> {B} of {T} steps")
-        if self.anchor is None or self.anchor_fraction is None:
+        choice = self.budgets.nearest(B / T, self.source_steps) if self.budgets is not None else None
+        if choice is not None and choice.schedule == UNIFORM:
+            prediction = Prediction(sample_warp(identity_warp(), T, B, warmup=warmup), 0.0, 0.0, False, "uniform")
+        elif self.anchor is None or self.anchor_fraction is None:
             schedule = sample_warp(self.reference, T, B, warmup=warmup)
             regime = "reference" if abs(B / T - self.ref_fraction) < 1e-12 else "between"
             prediction = Prediction(schedule, 0.0, 0.0, False, regime)
@@ -169,13 +184,26 @@ class SchedulePlan:
             )
         if prediction.extrapolated:
             notes.append("budget below the anchor's: extrapolated from the anchor, expect lower fidelity")
-        if self.reuse is None:
-            return Resolved(prediction, tuple(notes))
-        rules, fallbacks = self.reuse.segment_rules(prediction.schedule)
-        if fallbacks:
-            notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: "
-                         f"{FALLBACKS[self.reuse.fallback]}")
-        return Resolved(prediction, tuple(notes), rules, fallbacks)
+        segments = len(prediction.schedule.segments())
+        if choice is not None:
+            return Resolved(prediction, (choice.rule,) * segments, tuple(notes), self._choice_source(choice))
+        if self.reuse is not None:
+            rules, fallbacks = self.reuse.segment_rules(prediction.schedule)
+            if fallbacks:
+                notes.append(f"reuse rules of {fallbacks} segments not measured by the calibration: "
+                             f"{FALLBACKS[self.reuse.fallback]}")
+            return Resolved(prediction, rules, tuple(notes), "each segment's rule from the calibration's edges",
+                            fallbacks)
+        if self.rule_for_all is not None:
+            return Resolved(prediction, (self.rule_for_all,) * segments, tuple(notes),
+                            self.rule_source or "the schedule's rule")
+        return Resolved(prediction, (DEFAULT_RULE,) * segments, tuple(notes),
+                        f"the schedule names no rule: {DEFAULT_RULE_SOURCE}")
+
+    def _choice_source(self, choice: BudgetChoice) -> str:
+        checked = "validated" if self.budgets is not None and self.budgets.validated else "chosen"
+        what = "even spacing beat the calibrated schedule" if choice.schedule == UNIFORM else "the calibrated schedule"
+        return f"{checked} end to end at {choice.budget} of {self.source_steps} steps: {what}, {choice.rule}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +219,8 @@ class SchedulePlan:
             "notes": list(self.notes),
             "families": list(self.families),
             "reuse": None if self.reuse is None else self.reuse.to_dict(),
+            "budgets": None if self.budgets is None else self.budgets.to_dict(),
+            "rule_for_all": None if self.rule_for_all is None else self.rule_for_all.name,
         }
 
     def fits(self, family: str) -> bool:

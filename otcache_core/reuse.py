@@ -22,6 +22,14 @@ Everything is extrapolated *along sigma*, each call at its own sigma (Heun's sec
 ``quadratic``
     The Lagrange polynomial through ``(sigma_a, q_a), (sigma_b, q_b), (sigma_c, q_c)`` evaluated at
     ``sigma`` (fewer stored: linear, hold). Keeps 3 tensors per stream.
+``horizonK`` (``K >= 1``)
+    ``linear`` for the first ``K`` steps past the last computed step, then held at the value it
+    reached: ``q^(sigma) = q_a + (s - sigma_a) (q_a - q_b) / (sigma_a - sigma_b)`` with
+    ``s = max(sigma, sigma_{a+K})`` (``sigma_{a+K}``: the noise level ``K`` steps after ``sigma_a`` in the
+    run's schedule; sigmas fall along a run). Built for long gaps: a secant extrapolated over many
+    steps compounds its error (ZEUS, arXiv 2604.01552, holds the first extrapolated value on a
+    second consecutive skip, i.e. ``horizon1``). With segments of at most ``K + 1`` steps it *is*
+    ``linear``. Without the run's schedule it is ``linear``. Keeps 2 tensors per stream.
 ``meancacheK`` (``K >= 2``; ``K = 1`` would be hold)
     The average-velocity correction of MeanCache (Gao et al., ICLR 2026, UnicomAI/MeanCache), written
     here from its idea. Over a window of the last ``K`` *steps* ``t-K .. t-1`` (computed or reused:
@@ -43,6 +51,7 @@ rules need (:func:`history_depth`), so a hold-only run keeps exactly what it kep
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,10 +67,13 @@ if TYPE_CHECKING:  # torch is imported where tensors are combined: schedule arit
 HOLD = "hold"
 LINEAR = "linear"
 QUADRATIC = "quadratic"
+HORIZON = "horizon"
 MEANCACHE = "meancache"
-#: Rules with a fixed name; ``meancacheK`` (K >= 2) completes the set.
+#: Rules with a fixed name; ``horizonK`` (K >= 1) and ``meancacheK`` (K >= 2) complete the set.
 NAMED_RULES: tuple[str, ...] = (HOLD, LINEAR, QUADRATIC)
-_MEANCACHE_NAME = re.compile(r"^meancache(\d+)$")
+_SPAN_NAME = re.compile(r"^(horizon|meancache)(\d+)$")
+#: The smallest span of each rule family with a span.
+_MIN_SPAN = {HORIZON: 1, MEANCACHE: 2}
 
 History = Sequence[tuple["float | None", "torch.Tensor"]]
 """A stream's stored values, oldest first: ``(sigma, value)``; ``sigma`` is ``None`` when unknown."""
@@ -73,11 +85,14 @@ class ReuseRule:
 
     kind: str
     span: int = 1
-    """``meancache``: the window ``K`` in steps; 1 otherwise."""
+    """``meancache``: the window ``K`` in steps; ``horizon``: the steps ``K`` it extrapolates; 1 otherwise."""
 
     @property
     def name(self) -> str:
-        return f"{MEANCACHE}{self.span}" if self.kind == MEANCACHE else self.kind
+        return f"{self.kind}{self.span}" if self.kind in _MIN_SPAN else self.kind
+
+    def __str__(self) -> str:
+        return self.name
 
     @property
     def per_step(self) -> bool:
@@ -87,7 +102,7 @@ class ReuseRule:
     @property
     def depth(self) -> int:
         """Tensors the rule keeps per stream."""
-        return {HOLD: 1, LINEAR: 2, QUADRATIC: 3}.get(self.kind, self.span)
+        return {HOLD: 1, LINEAR: 2, HORIZON: 2, QUADRATIC: 3}.get(self.kind, self.span)
 
     @property
     def lookback(self) -> int:
@@ -95,11 +110,13 @@ class ReuseRule:
         was computed (what a calibration replay must recompute to give the rule its history)."""
         return self.depth - 1
 
-    def standin(self, history: History, sigma: float, next_sigma: float | None = None) -> torch.Tensor:
+    def standin(self, history: History, sigma: float, next_sigma: float | None = None,
+                grid: Sequence[float] | None = None) -> torch.Tensor:
         """The stand-in at ``sigma`` from ``history`` (oldest first, at least one entry).
 
         ``history`` holds computed values for the point rules and the value of every step for
-        ``meancache``; ``next_sigma`` (``sigma_{t+1}``) is needed by ``meancache`` only.
+        ``meancache``; ``next_sigma`` (``sigma_{t+1}``) is needed by ``meancache`` only, ``grid`` (the
+        run's ``T + 1`` noise levels) by ``horizon`` only.
         """
         if not history:
             raise OTCacheError("a reuse rule needs at least one stored value")
@@ -110,6 +127,8 @@ class ReuseRule:
         if self.kind == MEANCACHE:
             return _meancache(history[-self.span :], float(sigma), next_sigma)
         points = [(s, v) for s, v in history[-self.depth :] if s is not None]
+        if self.kind == HORIZON and grid is not None:
+            sigma = _within_horizon(float(sigma), float(last_sigma), self.span, grid)
         return _lagrange(points, float(sigma))
 
 
@@ -121,20 +140,32 @@ def parse_rule(name: str | ReuseRule) -> ReuseRule:
         key = name.strip().lower()
         if key in NAMED_RULES:
             return ReuseRule(key)
-        match = _MEANCACHE_NAME.match(key)
+        match = _SPAN_NAME.match(key)
         if match:
-            span = int(match.group(1))
-            if span >= 2:
-                return ReuseRule(MEANCACHE, span)
-            raise OTCacheError(f"reuse rule {name!r}: meancache needs a window of at least 2 steps (1 is 'hold')")
+            kind, span = match.group(1), int(match.group(2))
+            if span >= _MIN_SPAN[kind]:
+                return ReuseRule(kind, span)
+            if kind == MEANCACHE:
+                raise OTCacheError(f"reuse rule {name!r}: meancache needs a window of at least 2 steps (1 is 'hold')")
+            raise OTCacheError(f"reuse rule {name!r}: horizon needs at least 1 step (0 is 'hold')")
     raise OTCacheError(
-        f"unknown reuse rule {name!r}; use one of {', '.join(NAMED_RULES)} or meancacheK with K >= 2 (e.g. meancache3)"
+        f"unknown reuse rule {name!r}; use one of {', '.join(NAMED_RULES)}, horizonK with K >= 1 (e.g. horizon2) "
+        "or meancacheK with K >= 2 (e.g. meancache3)"
     )
 
 
-def rule_names(names: Iterable[str]) -> tuple[str, ...]:
-    """Validated canonical names, in order, without repeats."""
-    return tuple(dict.fromkeys(parse_rule(n).name for n in names))
+def parse_rules(names: Iterable[str | ReuseRule]) -> tuple[ReuseRule, ...]:
+    """The rules called ``names``, in order, without repeats (an error names a bad one)."""
+    return tuple(dict.fromkeys(parse_rule(n) for n in names))
+
+
+#: The rules as objects, for code that names one.
+HOLD_RULE, LINEAR_RULE, QUADRATIC_RULE = ReuseRule(HOLD), ReuseRule(LINEAR), ReuseRule(QUADRATIC)
+HORIZON2_RULE = ReuseRule(HORIZON, 2)
+
+#: The rule of a schedule that names none (a calibration from before rules, a custom schedule).
+DEFAULT_RULE = HORIZON2_RULE
+DEFAULT_RULE_SOURCE = "the measured default for schedules without rules, see benchmarks/RESULTS.md"
 
 
 def history_depth(rules: Iterable[ReuseRule]) -> tuple[int, int]:
@@ -169,6 +200,16 @@ def _lagrange(points: Sequence[tuple[float, torch.Tensor]], sigma: float) -> tor
     return (values[-1] * 0.0 if out is None else out).to(dtype)
 
 
+def _within_horizon(sigma: float, last: float, steps: int, grid: Sequence[float]) -> float:
+    """``sigma``, or the noise level ``steps`` steps after ``last`` in ``grid`` if ``sigma`` lies beyond it."""
+    falling = [-float(g) for g in grid]  # non-decreasing: bisect finds the step of ``last``
+    at = max(0, min(len(grid) - 1, bisect.bisect_left(falling, -last * (1.0 + 1e-6) if last > 0 else -last - 1e-12)))
+    stop = float(grid[min(at + steps, len(grid) - 1)])
+    if (sigma - last) * (stop - last) > 0 and abs(sigma - last) > abs(stop - last):
+        return stop
+    return sigma
+
+
 def _meancache(window: History, sigma: float, next_sigma: float | None) -> torch.Tensor:
     """See the module doc: ``q_{t-1} + g (sigma_{t+1} - sigma_t)`` from the window's average."""
     if next_sigma is None:
@@ -189,42 +230,42 @@ def _meancache(window: History, sigma: float, next_sigma: float | None) -> torch
 # -- rules of a schedule ------------------------------------------------------------------------------
 
 
-def step_rules(schedule: Schedule, segment_rules: Sequence[str] | str | None) -> list[str]:
-    """Per-step rule names of a schedule whose segment ``(s_k, s_{k+1})`` uses ``segment_rules[k]``.
+def step_rules(schedule: Schedule, segment_rules: ReuseRule | Sequence[ReuseRule] | None) -> list[ReuseRule]:
+    """Per-step rules of a schedule whose segment ``(s_k, s_{k+1})`` uses ``segment_rules[k]``.
 
-    A single name applies to every segment, ``None`` means hold. Computed steps carry their segment's
+    A single rule applies to every segment, ``None`` means hold. Computed steps carry their segment's
     rule too (never read: a computed step uses no stand-in).
     """
     T = schedule.steps
-    if segment_rules is None or isinstance(segment_rules, str):
-        return [parse_rule(segment_rules or HOLD).name] * T
+    if segment_rules is None or isinstance(segment_rules, ReuseRule):
+        return [segment_rules or HOLD_RULE] * T
     segments = schedule.segments()
     if len(segment_rules) != len(segments):
         raise OTCacheError(
             f"{len(segment_rules)} reuse rules given for the {len(segments)} segments of {schedule}; give one per segment"
         )
-    out: list[str] = []
-    for (i, j), name in zip(segments, segment_rules):
-        out.extend([parse_rule(name).name] * (j - i))
+    out: list[ReuseRule] = []
+    for (i, j), rule in zip(segments, segment_rules):
+        out.extend([rule] * (j - i))
     return out
 
 
-def segment_rules_of(schedule: Schedule, rules: Sequence[str] | str | None) -> tuple[str, ...]:
+def segment_rules_of(schedule: Schedule, rules: ReuseRule | Sequence[ReuseRule] | None) -> tuple[ReuseRule, ...]:
     """The inverse of :func:`step_rules`: each segment's rule is the rule of its first reused step
     (``hold`` for a segment that reuses nothing)."""
-    per_step = step_rules(Schedule.all_compute(schedule.steps), rules) if rules is None or isinstance(rules, str) else [
-        parse_rule(r).name for r in rules]
+    per_step = step_rules(Schedule.all_compute(schedule.steps), rules) if rules is None or isinstance(
+        rules, ReuseRule) else list(rules)
     if len(per_step) != schedule.steps:
         raise OTCacheError(f"need one reuse rule per step ({schedule.steps}), got {len(per_step)}")
-    return tuple(per_step[i + 1] if j > i + 1 else HOLD for i, j in schedule.segments())
+    return tuple(per_step[i + 1] if j > i + 1 else HOLD_RULE for i, j in schedule.segments())
 
 
-def rules_summary(names: Iterable[str] | Mapping[str, int]) -> str:
-    """``"linear x7, hold x2"`` from rule names (or counts per rule): most used first (ties by name)."""
-    counts = dict(names) if isinstance(names, Mapping) else {}
-    if not isinstance(names, Mapping):
-        for name in names:
-            counts[name] = counts.get(name, 0) + 1
+def rules_summary(rules: Iterable[ReuseRule | str] | Mapping[str, int]) -> str:
+    """``"linear x7, hold x2"`` from rules (or counts per rule name): most used first (ties by name)."""
+    counts = dict(rules) if isinstance(rules, Mapping) else {}
+    if not isinstance(rules, Mapping):
+        for rule in rules:
+            counts[str(rule)] = counts.get(str(rule), 0) + 1
     return ", ".join(f"{n} x{c}" for n, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -253,54 +294,55 @@ class EdgeRules:
     """
 
     steps: int
-    edges: tuple[tuple[int, int, str], ...]
+    edges: tuple[tuple[int, int, ReuseRule], ...]
     """``(i, j, rule)`` for every measured edge with ``j >= i + 2``, sorted."""
     fallback: str = DEFAULT_FALLBACK
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
             raise OTCacheError(f"rule fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
-        object.__setattr__(self, "edges", tuple(sorted((int(i), int(j), parse_rule(r).name) for i, j, r in self.edges)))
+        object.__setattr__(self, "edges", tuple(sorted(((int(i), int(j), r) for i, j, r in self.edges),
+                                                       key=lambda e: (e[0], e[1], e[2].name))))
         object.__setattr__(self, "_index", {(i, j): r for i, j, r in self.edges})
 
     @classmethod
     def from_matrix(cls, matrix: Sequence[Sequence[str | None]], steps: int, fallback: str = DEFAULT_FALLBACK) -> EdgeRules:
-        """From a ``(T+1) x (T+1)`` matrix of rule names (``None`` where not measured)."""
+        """From a ``(T+1) x (T+1)`` matrix of rule names (``None`` where not measured), as a file stores it."""
         if len(matrix) != steps + 1 or any(len(row) != steps + 1 for row in matrix):
             raise OTCacheError(f"a rule matrix for {steps} steps must be {steps + 1} x {steps + 1}")
-        edges = [(i, j, name) for i, row in enumerate(matrix) for j, name in enumerate(row)
+        edges = [(i, j, parse_rule(name)) for i, row in enumerate(matrix) for j, name in enumerate(row)
                  if name is not None and j >= i + 2]
         return cls(steps, tuple(edges), fallback)
 
     def to_matrix(self) -> list[list[str | None]]:
         out: list[list[str | None]] = [[None] * (self.steps + 1) for _ in range(self.steps + 1)]
-        for i, j, name in self.edges:
-            out[i][j] = name
+        for i, j, rule in self.edges:
+            out[i][j] = rule.name
         return out
 
-    def majority(self) -> str:
-        counts: dict[str, int] = {}
-        for _, _, name in self.edges:
-            counts[name] = counts.get(name, 0) + 1
-        return max(sorted(counts), key=lambda n: counts[n]) if counts else HOLD
+    def majority(self) -> ReuseRule:
+        counts: dict[ReuseRule, int] = {}
+        for _, _, rule in self.edges:
+            counts[rule] = counts.get(rule, 0) + 1
+        return max(sorted(counts, key=str), key=lambda r: counts[r]) if counts else HOLD_RULE
 
-    def rule_for(self, i: int, j: int, steps: int) -> tuple[str, bool]:
+    def rule_for(self, i: int, j: int, steps: int) -> tuple[ReuseRule, bool]:
         """``(rule, measured)`` for the segment ``(i, j)`` of a schedule on ``steps`` steps."""
         if j <= i + 1:
-            return HOLD, True  # nothing reused: no rule is read
+            return HOLD_RULE, True  # nothing reused: no rule is read
         if steps == self.steps:
-            name = self._index.get((i, j))  # type: ignore[attr-defined]
-            if name is not None:
-                return name, True
+            rule = self._index.get((i, j))  # type: ignore[attr-defined]
+            if rule is not None:
+                return rule, True
         if not self.edges:
-            return HOLD, False
+            return HOLD_RULE, False
         if self.fallback == "majority":
             return self.majority(), False
         u, v = i / steps, j / steps
         best = min(self.edges, key=lambda e: (abs(e[0] / self.steps - u) + abs(e[1] / self.steps - v), e[0], e[1]))
         return best[2], False
 
-    def segment_rules(self, schedule: Schedule) -> tuple[tuple[str, ...], int]:
+    def segment_rules(self, schedule: Schedule) -> tuple[tuple[ReuseRule, ...], int]:
         """The rule of each segment of ``schedule`` and how many segments took the fallback."""
         found = [self.rule_for(i, j, schedule.steps) for i, j in schedule.segments()]
         return tuple(name for name, _ in found), sum(1 for _, measured in found if not measured)

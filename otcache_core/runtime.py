@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .reuse import HOLD, ReuseRule, parse_rule, history_depth, rules_summary
+from .reuse import HOLD_RULE, ReuseRule, history_depth, rules_summary
 from .schedule import Schedule
 
 
@@ -161,13 +161,14 @@ class StepPolicy(Protocol):
 class CacheRun:
     """State of one sampling run under one schedule (or one :class:`StepPolicy`).
 
-    ``rules``: the reuse rule of each step (a name per step, as :func:`otcache_core.reuse.step_rules`
-    gives for a schedule's per-segment rules), one name for every step, or ``None`` for hold.
-    ``sigmas``: the run's ``T + 1`` noise levels, needed by rules that read the next step's sigma.
+    ``rules``: the reuse rule of each step (as :func:`otcache_core.reuse.step_rules` gives for a
+    schedule's per-segment rules), one rule for every step, or ``None`` for hold.
+    ``sigmas``: the run's ``T + 1`` noise levels, needed by rules that read other steps' sigmas
+    (``meancache``: the next step's; ``horizon``: the steps after the last computed one).
     """
 
     def __init__(self, schedule: Schedule, *, mode: str = "blocks", notes: Iterable[str] = (),
-                 policy: StepPolicy | None = None, rules: str | Sequence[str] | None = None,
+                 policy: StepPolicy | None = None, rules: ReuseRule | Sequence[ReuseRule] | None = None,
                  sigmas: Sequence[float] | None = None) -> None:
         self.schedule = schedule
         self.mode = mode
@@ -178,12 +179,12 @@ class CacheRun:
             policy.reset(schedule.steps)
         self._mask = schedule.mask()
         T = schedule.steps
-        if rules is None or isinstance(rules, str):
-            self._rules = [parse_rule(rules or HOLD)] * T
+        if rules is None or isinstance(rules, ReuseRule):
+            self._rules = [rules or HOLD_RULE] * T
         elif len(rules) != T:
             raise ValueError(f"need one reuse rule per step ({T}), got {len(rules)}")
         else:
-            self._rules = [parse_rule(r) for r in rules]
+            self._rules = list(rules)
         self._sigmas = None if sigmas is None else [float(s) for s in sigmas]
         depth, step_depth = history_depth(self._rules)
         self._history: dict[Hashable, deque] = {}  # key -> (sigma, value) of the last computed steps
@@ -248,7 +249,7 @@ class CacheRun:
 
     def rule(self, step: int) -> ReuseRule:
         """The reuse rule of ``step`` (steps outside the run: hold)."""
-        return self._rules[step] if 0 <= step < len(self._rules) else parse_rule(HOLD)
+        return self._rules[step] if 0 <= step < len(self._rules) else HOLD_RULE
 
     def store(self, key: Hashable, value: torch.Tensor, sigma: float | None = None) -> None:
         """Keep ``value`` (detached), computed at noise level ``sigma``, for later reused steps of stream
@@ -270,7 +271,7 @@ class CacheRun:
                 return known[1]
             value = rule.standin(self._step_history.get(key) or self._history[key], sigma, self._next_sigma(step))
         else:
-            value = rule.standin(self._history[key], sigma)
+            value = rule.standin(self._history[key], sigma, grid=self._sigmas)
         if self._step_depth and first_call:  # per-step rules read the stand-ins of earlier steps too
             self._standins[key] = (step, value)
             _push(self._step_history, key, self._step_depth, sigma, value)

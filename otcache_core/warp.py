@@ -68,14 +68,19 @@ def identity_warp() -> Warp:
 
 
 def warp_of(schedule: Schedule) -> Warp:
-    """``phi_S`` through ``(k/(B-1), s_k/(T-1))``.
+    """``phi_S`` through ``(k/(B-1), s_k/(T-1))``; evenly spaced steps give the identity itself.
 
-    Degenerate cases: ``B = 1`` (only step 0) and ``T = 1`` give the constant warp 0, the quantile
-    function of all compute at the start.
+    Even spacing is the identity's own rounding (:func:`sample_warp`), so its warp *is* the identity:
+    the knots through its rounded steps would carry the rounding into every schedule interpolated from
+    it (at 16 of 30 steps, gaps of 1, 2 and 3 steps in place of 2, which an extrapolating reuse rule
+    pays for). Degenerate cases: ``B = 1`` (only step 0) and ``T = 1`` give the constant warp 0, the
+    quantile function of all compute at the start.
     """
     T, B = schedule.steps, schedule.budget
     if B == 1 or T == 1:
         return Warp((0.0, 1.0), (0.0, 0.0))
+    if schedule == sample_warp(identity_warp(), T, B):
+        return identity_warp()
     u = np.arange(B, dtype=float) / (B - 1)
     v = np.asarray(schedule.compute_steps, dtype=float) / (T - 1)
     return Warp(tuple(u.tolist()), tuple(v.tolist()))

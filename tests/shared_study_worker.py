@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ToySplitModel, make_toy_sampler  # noqa: E402
 
 from otcache_core.calibrate import CalibrationSettings, EdgeCheckpoint, calibrate  # noqa: E402
+from otcache_core.reuse import LINEAR_RULE  # noqa: E402
 from otcache_core.metrics import relative_l1  # noqa: E402
 
 
@@ -37,7 +38,9 @@ def main() -> None:
     settings = CalibrationSettings(
         reference_budget=config["reference_budget"], anchor_budget=config["anchor_budget"], max_skip=4,
         trials=config["trials"], storage=config["storage"], study_name="shared", heartbeat=1, grace=2,
-        reference_check=False,  # every EVAL is then an anchor trial (the test kills one mid-trial)
+        # one rule and no reference check: every EVAL but the first (even spacing under that rule, the rule
+        # choice before the search) is an anchor trial (the test kills one mid-trial)
+        reference_check=False, rules=(LINEAR_RULE,),
     )
     checkpoint = EdgeCheckpoint(folder / "edges.json", "toy", steps=config["steps"])
     outcome = calibrate(sampler, settings, distance=distance, objective_name="rel_l1", name="shared",

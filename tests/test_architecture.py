@@ -77,3 +77,16 @@ def test_every_top_level_core_module_serves_more_than_the_testbed():
                         users[name].add(_module_name(path))
     # the nodes import the core as ``..otcache_core.x`` from ``nodes``: resolved above as ``otcache_core.x``
     assert sorted(name for name, found in users.items() if not found and name not in ("cli",)) == []
+
+
+def test_every_file_docs_architecture_names_exists():
+    import re
+
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`([\w./-]+\.(?:py|md|json))`", page)) | set(re.findall(r"`([\w-]+/)`", page))
+    assert len(named) > 30  # the page names the modules it describes
+    assert sorted(n for n in named if not (REPO / n).exists()) == []
+
+
+def test_the_readme_links_the_architecture_page():
+    assert "(docs/architecture.md)" in (REPO / "README.md").read_text(encoding="utf-8")

@@ -24,11 +24,12 @@ from hypothesis import strategies as st
 
 from fault_dirs import tree_digest
 from otcache_core.calibrate import EdgeCheckpoint
-from otcache_core.calibration import Calibration, ScheduleRecord, matrix_to_json
+from otcache_core.calibration import BudgetChoice, BudgetChoices, Calibration, ScheduleRecord, matrix_to_json
 from otcache_core.errors import FileFormatError, OTCacheError
 from otcache_core.jsonfile import MAX_FILE_BYTES, dumps
 from otcache_core.plan import BudgetRule, SchedulePlan
 from otcache_core.presets import list_presets, load_preset
+from otcache_core.reuse import parse_rule
 from otcache_core.schedule import Schedule
 
 T = 12
@@ -38,9 +39,10 @@ FUZZ = settings(max_examples=int(os.environ.get("OTCACHE_FUZZ_EXAMPLES", "120"))
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-def valid_calibration(version: int = 2) -> dict[str, Any]:
-    """A calibration file as OTCache writes it: version 2 (reuse rules per edge and per segment), or
-    version 1 (every file written before rules, the shipped presets included)."""
+def valid_calibration(version: int = 3) -> dict[str, Any]:
+    """A calibration file as OTCache writes it: version 3 (a schedule and a rule per budget, checked end to
+    end, and a rule for every segment), version 2 (reuse rules per edge and per segment), or version 1
+    (every file written before rules)."""
     matrix = np.full((T + 1, T + 1), np.nan)
     for i in range(T):
         for j in range(i + 1, min(i + 5, T) + 1):
@@ -49,13 +51,23 @@ def valid_calibration(version: int = 2) -> dict[str, Any]:
     anchor = Schedule.from_steps([0, 4, 8, 11], T)
     edge_errors = {"strength": "rollout", "max_skip": 5, "metric": "rel_l1", "matrix": matrix_to_json(matrix)}
     reference_rules = anchor_rules = None
+    budgets, rule = None, None
     if version == 2:
         names = [[("linear" if (i + j) % 2 else "hold") if j >= i + 2 and not np.isnan(matrix[i, j]) else None
                   for j in range(T + 1)] for i in range(T + 1)]
         edge_errors.update(rules=names, candidates=["hold", "linear"],
                            by_rule={"hold": matrix_to_json(matrix), "linear": matrix_to_json(matrix * 0.5)})
-        reference_rules = ("hold",) * len(reference.segments())
-        anchor_rules = ("linear", "hold", "meancache3", "hold")
+        reference_rules = (parse_rule("hold"),) * len(reference.segments())
+        anchor_rules = tuple(parse_rule(n) for n in ("linear", "hold", "meancache3", "hold"))
+    if version == 3:
+        edge_errors.update(rule="linear", history=2, candidates=["linear", "horizon2"])
+        reference_rules = (parse_rule("linear"),) * len(reference.segments())
+        anchor_rules = (parse_rule("horizon2"),) * len(anchor.segments())
+        budgets = BudgetChoices((BudgetChoice(7, "calibrated", parse_rule("linear"), {"calibrated linear": 0.01,
+                                                                                         "uniform linear": 0.02}),
+                                 BudgetChoice(4, "uniform", parse_rule("horizon2"), {"uniform horizon2": 0.03})),
+                                "rel_l1", 2, True)
+        rule = parse_rule("linear")
     record = Calibration(
         name="fuzz", steps=T,
         reference=ScheduleRecord(reference, "leximax", 0.04, {"segment_errors": [0.04] * 7, "max_skip": 5},
@@ -65,7 +77,7 @@ def valid_calibration(version: int = 2) -> dict[str, Any]:
         model={"family": "flux", "families": ["flux"], "name": "tiny"},
         sampler={"sampler": "euler", "scheduler": "simple", "cfg": 3.0, "steps": T, "seeds": [0, 1]},
         edge_errors=edge_errors, cost={"model_calls": {"edges": 40}, "seconds": {"edges": 1.5}}, notes=["a note"],
-        created="2026-12-01",
+        created="2026-12-01", budgets=budgets, rule=rule, rule_source="a measurement" if rule else "",
     )
     document = record.to_dict()
     assert document["version"] == version
@@ -220,7 +232,7 @@ def _is_calibration(path: Path) -> bool:
 
 
 @FUZZ
-@given(st.one_of(mutated(valid_calibration(2)), mutated(valid_calibration(1))))
+@given(st.one_of(mutated(valid_calibration(3)), mutated(valid_calibration(2)), mutated(valid_calibration(1))))
 def test_a_mutated_calibration_is_refused_naming_its_field_or_works(case):
     document, path = case
     with tempfile.TemporaryDirectory() as folder:
@@ -230,7 +242,7 @@ def test_a_mutated_calibration_is_refused_naming_its_field_or_works(case):
 @FUZZ
 @given(st.data())
 def test_a_truncated_calibration_is_refused(data):
-    text = dumps(valid_calibration(data.draw(st.sampled_from([1, 2]))))
+    text = dumps(valid_calibration(data.draw(st.sampled_from([1, 2, 3]))))
     cut = data.draw(st.integers(0, len(text) - 2))
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder), text[:cut])
@@ -248,7 +260,7 @@ def test_a_calibration_of_another_version_is_refused(version):
     document["version"] = version
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder), to_text(document))
-        if type(version) is int and version in (1, 2):
+        if type(version) is int and version in (1, 2, 3):
             use(Calibration.load(path))
             return
         with pytest.raises(FileFormatError, match="version") as error:

@@ -42,17 +42,19 @@ def test_bench_json_structure_on_a_tiny_run(tmp_path):
     assert {"otcache", "otcache-inverse", "otcache-warmup3", "otcache-global", "otcache-drift", "otcache-model",
             "lemica", "lemica-global", "lemica-drift", "lemica-model", "uniform", "hand", "teacache", "magcache", "easycache",
             "otcache-corrected", "otcache-model-corrected", "lemica-corrected", "lemica-model-corrected",
-            "uniform-linear", "uniform-model-linear"} <= methods
+            "uniform-linear", "uniform-model-linear", "uniform-horizon2", "uniform-model-horizon2"} <= methods
     for r in doc["results"]:
         for key in ("method", "budget", "psnr", "psnr_worst", "ssim", "rel_l1", "speedup_ideal", "speedup_measured"):
             assert key in r
         if r["psnr"] is not None:
             assert r["psnr_worst"] <= r["psnr"] + 1e-9
-        if r["method"].endswith("corrected"):  # one count per reused step
+        if r["method"].startswith("otcache") and r["method"].endswith("corrected"):  # one count per reused step
             counts = [int(part.split(" x")[1]) for part in r["rules"].split(", ")]
             assert sum(counts) == T - r["budget"], r["method"]
-        elif r["method"].endswith("linear"):
+        elif r["method"].startswith("lemica") and r["method"].endswith("corrected"):  # the edges' rule
             assert r["rules"] == "linear", r["method"]
+        elif r["method"].startswith("uniform") and "-" in r["method"]:
+            assert r["rules"] == r["method"].rsplit("-", 1)[1], r["method"]
         assert len(r["compute_steps"]) == r["budget"], r["method"]  # equal compute for every method
         assert r["speedup_ideal"] == pytest.approx(T / r["budget"])
     assert {r["budget"] for r in doc["results"]} == {5, 3}

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from otcache_core.reuse import DEFAULT_RULE
 from otcache_core.calibration import Calibration, ScheduleRecord
 from otcache_core.cli import main
 from otcache_core.schedule import Schedule
@@ -47,20 +48,22 @@ def test_schedule_from_a_calibration_file(capsys, tmp_path):
     cal.save(tmp_path / "c.json")
     code, out, _ = run_cli(capsys, "schedule", "--calibration", str(tmp_path / "c.json"), "--steps", "50",
                            "--budget", "10", "--json")
-    assert code == 0 and json.loads(out)["compute_steps"] == [int(s) for s in ANCHOR.split(",")]
-    assert "rules" not in json.loads(out)  # a calibration without rules: every segment holds
+    doc = json.loads(out)
+    assert code == 0 and doc["compute_steps"] == [int(s) for s in ANCHOR.split(",")]
+    # a calibration without rules runs with the measured default, and says so
+    assert set(doc["rules"]) == {DEFAULT_RULE.name} and any("names no rule" in n for n in doc["notes"])
 
 
 def test_schedule_from_a_calibration_with_rules_lists_each_segments_rule(capsys, tmp_path):
-    from otcache_core.reuse import EdgeRules
+    from otcache_core.reuse import EdgeRules, parse_rule
 
     anchor = Schedule.from_steps([int(s) for s in ANCHOR.split(",")], 50)
     rules = tuple("hold" if j - i < 5 else "linear" for i, j in anchor.segments())
-    table = EdgeRules(50, tuple((i, j, r) for (i, j), r in zip(anchor.segments(), rules) if j > i + 1))
+    table = EdgeRules(50, tuple((i, j, parse_rule(r)) for (i, j), r in zip(anchor.segments(), rules) if j > i + 1))
     cal = Calibration(
         name="x", steps=50,
         reference=ScheduleRecord(Schedule.from_steps([int(s) for s in REF.split(",")], 50), "published"),
-        anchor=ScheduleRecord(anchor, "optuna", rules=rules),
+        anchor=ScheduleRecord(anchor, "optuna", rules=tuple(parse_rule(r) for r in rules)),
         edge_errors={"strength": "rollout", "max_skip": 10, "metric": "rel_l1",
                      "matrix": [[None] * 51 for _ in range(51)], "rules": table.to_matrix()},
     )

@@ -1,10 +1,11 @@
-"""Reuse rules: the stand-in each rule gives, the per-edge rule table, and the engine's history."""
+"""Reuse rules: the stand-in each rule gives, the per-edge rule table of version-2 files, and the engine's
+history."""
 
 import pytest
 import torch
 
 from otcache_core.errors import OTCacheError
-from otcache_core.reuse import EdgeRules, parse_rule, rule_names, rules_summary, step_rules
+from otcache_core.reuse import EdgeRules, parse_rule, parse_rules, rules_summary, segment_rules_of, step_rules
 from otcache_core.runtime import CacheRun
 from otcache_core.schedule import Schedule
 
@@ -37,9 +38,27 @@ def test_quadratic_is_exact_on_a_parabola_and_linear_with_two_values():
     assert torch.allclose(parse_rule("quadratic").standin(history(line, [0.9, 0.8]), 0.3), line(0.3))
 
 
+GRID = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+
+
+def test_horizon_is_linear_for_its_steps_past_the_last_computed_step_then_holds_what_it_reached():
+    stored = history(parabola, [1.0, 0.9])
+    linear = parse_rule("linear")
+    for sigma in (0.8, 0.7):  # one and two steps past 0.9
+        assert torch.equal(parse_rule("horizon2").standin(stored, sigma, grid=GRID), linear.standin(stored, sigma))
+    for sigma in (0.6, 0.45, 0.3):  # beyond: the value at 0.7
+        assert torch.equal(parse_rule("horizon2").standin(stored, sigma, grid=GRID), linear.standin(stored, 0.7))
+    assert torch.equal(parse_rule("horizon1").standin(stored, 0.5, grid=GRID), linear.standin(stored, 0.8))
+
+
+def test_horizon_without_the_runs_schedule_is_linear():
+    stored = history(parabola, [1.0, 0.9])
+    assert torch.equal(parse_rule("horizon2").standin(stored, 0.4), parse_rule("linear").standin(stored, 0.4))
+
+
 def test_corrected_rules_hold_with_a_single_value_and_at_the_stored_sigma():
     one = history(line, [0.8])
-    for name in ("linear", "quadratic", "meancache3"):
+    for name in ("linear", "quadratic", "horizon2", "meancache3"):
         assert torch.equal(parse_rule(name).standin(one, 0.5, 0.4), line(0.8))
     two = history(line, [0.9, 0.8])
     assert torch.equal(parse_rule("linear").standin(two, 0.8), line(0.8))
@@ -70,24 +89,40 @@ def test_half_precision_values_are_combined_in_float32_and_keep_their_dtype():
 
 
 @pytest.mark.parametrize("name, message", [("cubic", "unknown reuse rule"), ("meancache1", "1 is 'hold'"),
-                                           ("meancache", "unknown reuse rule"), (3, "unknown reuse rule")])
+                                           ("meancache", "unknown reuse rule"), ("horizon0", "0 is 'hold'"),
+                                           (3, "unknown reuse rule")])
 def test_unknown_rules_say_which_exist(name, message):
     with pytest.raises(OTCacheError, match=message):
         parse_rule(name)
 
 
-def test_rule_names_are_canonical_and_memory_is_stated_per_rule():
-    assert rule_names([" Linear", "hold", "linear", "MEANCACHE3"]) == ("linear", "hold", "meancache3")
-    assert [parse_rule(n).depth for n in ("hold", "linear", "quadratic", "meancache5")] == [1, 2, 3, 5]
-    assert [parse_rule(n).lookback for n in ("hold", "linear", "quadratic", "meancache5")] == [0, 1, 2, 4]
+def test_rules_are_parsed_once_into_canonical_objects_and_memory_is_stated_per_rule():
+    assert [r.name for r in parse_rules([" Linear", "hold", "linear", "MEANCACHE3", "Horizon2"])] == [
+        "linear", "hold", "meancache3", "horizon2"]
+    assert parse_rule(parse_rule("linear")) == parse_rule("linear")
+    names = ("hold", "linear", "horizon3", "quadratic", "meancache5")
+    assert [parse_rule(n).depth for n in names] == [1, 2, 2, 3, 5]
+    assert [parse_rule(n).lookback for n in names] == [0, 1, 1, 2, 4]
+
+
+def rules(*names):
+    return [parse_rule(n) for n in names]
 
 
 def test_step_rules_give_each_step_the_rule_of_its_segment():
     schedule = Schedule.from_steps([0, 3, 5], 7)
-    assert step_rules(schedule, ["linear", "hold", "quadratic"]) == ["linear"] * 3 + ["hold"] * 2 + ["quadratic"] * 2
-    assert step_rules(schedule, None) == ["hold"] * 7
+    assert step_rules(schedule, rules("linear", "hold", "quadratic")) == rules(*["linear"] * 3, "hold", "hold",
+                                                                              "quadratic", "quadratic")
+    assert step_rules(schedule, None) == rules(*["hold"] * 7)
+    assert step_rules(schedule, parse_rule("horizon2")) == rules(*["horizon2"] * 7)
     with pytest.raises(OTCacheError, match="one per segment"):
-        step_rules(schedule, ["linear"])
+        step_rules(schedule, rules("linear"))
+
+
+def test_segment_rules_of_is_the_inverse_of_step_rules():
+    schedule = Schedule.from_steps([0, 1, 3, 5], 7)
+    segment = rules("hold", "linear", "quadratic", "horizon2")
+    assert segment_rules_of(schedule, step_rules(schedule, segment)) == tuple(segment)
 
 
 def test_rules_summary_counts_most_used_first():
@@ -99,24 +134,29 @@ def test_rules_summary_counts_most_used_first():
 
 
 def table(fallback="majority") -> EdgeRules:
-    return EdgeRules(10, ((0, 3, "linear"), (3, 6, "quadratic"), (6, 10, "hold"), (0, 2, "linear")), fallback)
+    return EdgeRules.from_matrix(_matrix({(0, 3): "linear", (3, 6): "quadratic", (6, 10): "hold", (0, 2): "linear"}),
+                                 10, fallback)
+
+
+def _matrix(named: dict) -> list:
+    return [[named.get((i, j)) for j in range(11)] for i in range(11)]
 
 
 def test_measured_segments_take_their_edge_rule():
-    rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 3, 6], 10))
-    assert rules == ("linear", "quadratic", "hold") and fallbacks == 0
+    found, fallbacks = table().segment_rules(Schedule.from_steps([0, 3, 6], 10))
+    assert found == tuple(rules("linear", "quadratic", "hold")) and fallbacks == 0
 
 
 def test_segments_that_reuse_nothing_need_no_rule():
-    rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 1, 2, 3, 6], 10))
-    assert rules[:3] == ("hold", "hold", "hold") and fallbacks == 0
+    found, fallbacks = table().segment_rules(Schedule.from_steps([0, 1, 2, 3, 6], 10))
+    assert found[:3] == tuple(rules("hold", "hold", "hold")) and fallbacks == 0
 
 
 def test_unmeasured_segments_take_the_majority_rule_or_the_nearest_edge_in_normalised_time():
-    rules, fallbacks = table().segment_rules(Schedule.from_steps([0, 6, 12], 20))  # the same cut at T = 20
-    assert rules == ("linear",) * 3 and fallbacks == 3
-    rules, fallbacks = table("nearest").segment_rules(Schedule.from_steps([0, 6, 12], 20))
-    assert rules == ("linear", "quadratic", "hold") and fallbacks == 3
+    found, fallbacks = table().segment_rules(Schedule.from_steps([0, 6, 12], 20))  # the same cut at T = 20
+    assert found == tuple(rules(*["linear"] * 3)) and fallbacks == 3
+    found, fallbacks = table("nearest").segment_rules(Schedule.from_steps([0, 6, 12], 20))
+    assert found == tuple(rules("linear", "quadratic", "hold")) and fallbacks == 3
 
 
 def test_edge_rules_round_trip_through_their_matrix():
@@ -129,15 +169,15 @@ def test_edge_rules_round_trip_through_their_matrix():
 
 
 def test_a_run_keeps_only_the_history_its_rules_need():
-    for rules, depth in ((None, 1), ("linear", 2), (["hold", "quadratic", "hold"], 3)):
-        run = CacheRun(Schedule.from_steps([0], 3), rules=rules)
+    for given, depth in ((None, 1), (parse_rule("linear"), 2), (rules("hold", "quadratic", "hold"), 3)):
+        run = CacheRun(Schedule.from_steps([0], 3), rules=given)
         for s in (1.0, 0.9, 0.8, 0.7):
             run.store("a", line(s), s)
-        assert run.kept("a") == depth, rules
+        assert run.kept("a") == depth, given
 
 
 def test_standin_uses_the_rule_of_the_step():
-    run = CacheRun(Schedule.from_steps([0, 1, 4], 6), rules=["hold", "linear", "linear", "linear", "hold", "hold"])
+    run = CacheRun(Schedule.from_steps([0, 1, 4], 6), rules=rules("hold", "linear", "linear", "linear", "hold", "hold"))
     run.store("a", line(1.0), 1.0)
     run.store("a", line(0.8), 0.8)
     assert torch.allclose(run.standin("a", 3, 0.4), line(0.4))  # linear
@@ -145,7 +185,7 @@ def test_standin_uses_the_rule_of_the_step():
 
 
 def test_a_second_value_at_the_same_sigma_replaces_the_first():
-    run = CacheRun(Schedule.from_steps([0], 4), rules="linear")
+    run = CacheRun(Schedule.from_steps([0], 4), rules=parse_rule("linear"))
     run.store("a", line(1.0), 1.0)
     run.store("a", line(0.5) * 7, 0.5)
     run.store("a", line(0.5), 0.5)  # e.g. Heun's second evaluation, then the next step's first
@@ -153,7 +193,7 @@ def test_a_second_value_at_the_same_sigma_replaces_the_first():
 
 
 def test_a_layout_change_restarts_the_history():
-    run = CacheRun(Schedule.from_steps([0], 4), rules="linear")
+    run = CacheRun(Schedule.from_steps([0], 4), rules=parse_rule("linear"))
     run.store("a", torch.zeros(2), 1.0)
     run.store("a", torch.ones(3), 0.5)
     assert run.kept("a") == 1 and torch.equal(run.standin("a", 2, 0.25), torch.ones(3))
@@ -161,7 +201,7 @@ def test_a_layout_change_restarts_the_history():
 
 def test_a_per_step_rule_gives_one_stand_in_per_step_and_remembers_it():
     sigmas = [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
-    run = CacheRun(Schedule.from_steps([0, 1], 5), rules="meancache2", sigmas=sigmas)
+    run = CacheRun(Schedule.from_steps([0, 1], 5), rules=parse_rule("meancache2"), sigmas=sigmas)
     run.store("a", torch.tensor([0.0]), 1.0)
     run.store("a", torch.tensor([1.0]), 0.8)
     first = run.standin("a", 2, 0.6)
@@ -173,8 +213,16 @@ def test_a_per_step_rule_gives_one_stand_in_per_step_and_remembers_it():
     assert second.item() == pytest.approx(first.item() + (average - 1.0) / (0.4 - 0.8) * (0.2 - 0.4))
 
 
+def test_a_horizon_rule_reads_the_runs_schedule():
+    run = CacheRun(Schedule.from_steps([0, 1], 8), rules=parse_rule("horizon1"), sigmas=GRID)
+    run.store("a", line(1.0), 1.0)
+    run.store("a", line(0.9), 0.9)
+    assert torch.allclose(run.standin("a", 2, 0.8), line(0.8))
+    assert torch.allclose(run.standin("a", 5, 0.5), line(0.8))  # held one step past the last computed one
+
+
 def test_the_report_names_the_rules_of_the_reused_steps():
-    run = CacheRun(Schedule.from_steps([0, 3], 6), rules=["linear"] * 3 + ["hold"] * 3)
+    run = CacheRun(Schedule.from_steps([0, 3], 6), rules=rules(*["linear"] * 3, *["hold"] * 3))
     run.store("a", torch.ones(1), 1.0)
     for step in range(6):
         run.plan_call(step, True)

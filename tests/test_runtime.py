@@ -2,6 +2,7 @@
 
 import torch
 
+from otcache_core.reuse import parse_rule, parse_rules
 from otcache_core.runtime import CacheRun, step_index
 from otcache_core.schedule import Schedule
 
@@ -116,7 +117,7 @@ def test_a_reused_step_gets_the_linear_extrapolation_of_the_stored_outputs(make_
     """model mode stores the velocity v per stream; a linear step extrapolates it along sigma."""
     sampler = make_sampler(steps=6, mode="model", cfg=1.0)
     velocity, sigmas = sampler.velocity, sampler.sigmas
-    run = CacheRun(Schedule.from_steps([0, 1], 6), mode="model", rules="linear", sigmas=sigmas)
+    run = CacheRun(Schedule.from_steps([0, 1], 6), mode="model", rules=parse_rule("linear"), sigmas=sigmas)
     x = sampler.noise
     v0, computed0 = velocity(run, 0, x, sigmas[0])
     v1, computed1 = velocity(run, 1, x + 0.1, sigmas[1])
@@ -130,15 +131,15 @@ def test_all_compute_is_bit_identical_under_every_rule(make_sampler):
     for mode in ("blocks", "model"):
         sampler = make_sampler(steps=8, mode=mode)
         plain = sampler.sample(Schedule.all_compute(8))
-        for rules in ("linear", "quadratic", "meancache3"):
-            assert torch.equal(sampler.sample(Schedule.all_compute(8), rules=rules), plain), (mode, rules)
+        for rule in parse_rules(["linear", "quadratic", "horizon2", "meancache3"]):
+            assert torch.equal(sampler.sample(Schedule.all_compute(8), rules=rule), plain), (mode, rule)
 
 
 def test_hold_is_what_a_run_without_rules_does(make_sampler):
     for mode in ("blocks", "model"):
         sampler = make_sampler(steps=10, mode=mode)
         schedule = Schedule.from_steps([0, 1, 4, 8], 10)
-        assert torch.equal(sampler.sample(schedule, rules=["hold"] * 4), sampler.sample(schedule)), mode
+        assert torch.equal(sampler.sample(schedule, rules=[parse_rule("hold")] * 4), sampler.sample(schedule)), mode
 
 
 def test_corrected_rules_follow_the_full_trajectory_more_closely_than_hold(make_sampler):
@@ -147,5 +148,5 @@ def test_corrected_rules_follow_the_full_trajectory_more_closely_than_hold(make_
         full = sampler.sample(Schedule.all_compute(20))
         schedule = Schedule.from_steps([0, 1, 2, 4, 7, 10, 13, 16], 20)
         hold = (sampler.sample(schedule) - full).abs().mean()
-        linear = (sampler.sample(schedule, rules="linear") - full).abs().mean()
+        linear = (sampler.sample(schedule, rules=parse_rule("linear")) - full).abs().mean()
         assert linear < hold, mode

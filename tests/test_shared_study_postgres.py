@@ -23,6 +23,7 @@ import pytest
 
 from otcache_core.calibrate import EdgeCheckpoint
 from otcache_core.calibration import Calibration
+from otcache_core.reuse import LINEAR_RULE
 
 from pg_cluster import Unavailable, postgres_cluster
 
@@ -80,10 +81,11 @@ def test_a_killed_worker_leaves_exactly_n_trials_and_one_anchor(postgres_url, tm
         configs.append(config)
     workers = [Worker(c) for c in configs]
 
-    # Kill worker 0 in the middle of its second anchor evaluation (its trial is running in the study).
+    # Kill worker 0 in the middle of its second anchor trial (running in the study); its first evaluation
+    # is even spacing, before the search.
     victim = workers[0]
     deadline = time.time() + 180
-    while victim.count("EVAL") < 2:
+    while victim.count("EVAL") < 3:
         assert victim.proc.poll() is None and time.time() < deadline, "\n".join(victim.lines[-40:])
         time.sleep(0.02)
     victim.proc.send_signal(signal.SIGKILL)  # the evaluation it just announced takes 0.6 s
@@ -93,7 +95,7 @@ def test_a_killed_worker_leaves_exactly_n_trials_and_one_anchor(postgres_url, tm
 
     # Whatever it was writing is whole: its edge checkpoint holds every row; no temporary files.
     machine0 = tmp_path / "machine0"
-    checkpoint = EdgeCheckpoint(machine0 / "edges.json", "toy", steps=STEPS)
+    checkpoint = EdgeCheckpoint(machine0 / "edges.json", "toy", steps=STEPS).for_rule(LINEAR_RULE, history=2)
     assert checkpoint.problem is None and sorted(checkpoint.rows) == list(range(STEPS - 1))
     assert not list(machine0.glob(".*.tmp"))
 

@@ -55,7 +55,7 @@ from ..calibration import Calibration, ScheduleRecord, matrix_to_json
 from ..graph import solve_reference
 from ..jsonfile import save_json
 from ..plan import BudgetRule, SchedulePlan
-from ..reuse import HOLD, LINEAR, rules_summary, step_rules
+from ..reuse import HOLD_RULE, HORIZON2_RULE, LINEAR_RULE, ReuseRule, parse_rule, rules_summary, step_rules
 from ..schedule import Schedule
 from ..warp import identity_warp, sample_warp
 from .baselines import ThresholdPolicy, hand_schedule, make_policies, tune_threshold
@@ -95,7 +95,7 @@ class BenchSettings:
     """Also run OTCache with ``model`` reuse (the whole model output change)."""
     calibrate_model_mode: bool = False
     """``True``: a separate calibration in ``model`` mode; ``False``: the ``blocks`` calibration's schedules."""
-    rules: tuple[str, ...] = DEFAULT_RULES
+    rules: tuple[ReuseRule, ...] = DEFAULT_RULES
     """Candidate reuse rules of the corrected calibrations (one per reuse mode); empty: none."""
     repeats: int = 3
     tune_evaluations: int = 30
@@ -174,14 +174,17 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
     distance, objective_name, why = anchor_objective(settings.anchor_share)
     if why:
         bar.message(f"note: {why}")
-    def run(mode: str, rules: tuple[str, ...] = (HOLD,)) -> tuple[Calibration, np.ndarray]:
-        bar.message(f"calibration ({mode} reuse, {settings.strength} edges, rules {', '.join(rules)}, "
-                    f"{len(task.calibration)} samples)")
+    search, validation = task.calibration.split()
+
+    def run(mode: str, rules: tuple[ReuseRule, ...] = (HOLD_RULE,)) -> tuple[Calibration, np.ndarray]:
+        bar.message(f"calibration ({mode} reuse, {settings.strength} edges, rules {', '.join(map(str, rules))}, "
+                    f"{len(search)} search + {0 if validation is None else len(validation)} validation samples)")
         cal_settings = CalibrationSettings(ref_budget, anchor_budget, strength=settings.strength,
                                            max_skip=settings.max_skip, trials=settings.trials, seed=seed, rules=rules)
-        outcome = calibrate(task.sampler(task.calibration, mode), cal_settings, distance=distance,
+        outcome = calibrate(task.sampler(search, mode), cal_settings, distance=distance,
                             objective_name=objective_name, name=f"testbed-T{T}-{mode}", model=task.model_info,
-                            sampler_info=task.sampler_info(mode), progress=bar, log=bar.message)
+                            sampler_info=task.sampler_info(mode), progress=bar, log=bar.message,
+                            validation=None if validation is None else task.sampler(validation, mode))
         return outcome.calibration, outcome.errors
 
     main, main_errors = run("blocks")
@@ -196,7 +199,7 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
             samples = samples.subset(settings.global_samples)
         sampler = task.sampler(samples)
         bar.message(f"{strength} edge errors on {len(samples)} samples: about "
-                    f"{estimated_edge_calls(strength, T, settings.max_skip)} model calls")
+                    f"{estimated_edge_calls(strength, T, settings.max_skip)} model calls (hold)")
         (full, full_s) = timed(lambda: sampler.run([True] * T, record=True))
         start = time.perf_counter()
         if strength == "global":
@@ -228,7 +231,7 @@ def _calibrate_all(task: Task, settings: BenchSettings, seed: int, bar: Progress
 def _cost_entry(calibration: Calibration, samples: int, objective: str) -> dict[str, Any]:
     calls, seconds = calibration.cost["model_calls"], calibration.cost["seconds"]
     return {"samples": samples, "strength": calibration.edge_errors["strength"], "objective": objective,
-            "rules": calibration.edge_errors.get("candidates", [HOLD]),
+            "rules": calibration.edge_errors.get("candidates", ["hold"]),
             "model_calls": calls, "seconds": seconds, "total_model_calls": sum(calls.values()),
             "total_seconds": round(sum(seconds.values()), 3)}
 
@@ -246,7 +249,7 @@ class Planned:
     """What a static method runs at one budget: the schedule, its segments' reuse rules, and facts."""
 
     schedule: Schedule
-    rules: tuple[str, ...] | str | None = None
+    rules: tuple[ReuseRule, ...] | ReuseRule | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -275,20 +278,20 @@ def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> l
             p = resolved.prediction
             return Planned(p.schedule, resolved.rules, {"lambda": p.lam, "regime": p.regime,
                                                          "extrapolated": p.extrapolated,
-                                                         "rule_fallbacks": resolved.fallbacks})
+                                                         "rules_from": resolved.rules_source})
         return make
 
     def graph(errors: np.ndarray, calibration: Calibration | None = None) -> Callable[[int], Planned]:
-        table = None if calibration is None else calibration.edge_rules()
+        """The graph path at each budget, reusing with the rule its edges were measured under."""
+        rule = parse_rule(calibration.edge_errors.get("rule", "hold")) if calibration is not None else None
 
         def make(B: int) -> Planned:
             path = solve_reference(errors, T, B, max_skip=K)
-            rules = None if table is None else table.segment_rules(path.schedule)[0]
-            return Planned(path.schedule, rules, {"worst_segment": path.worst_segment})
+            return Planned(path.schedule, rule, {"worst_segment": path.worst_segment})
         return make
 
-    def uniform(rules: str | None = None) -> Callable[[int], Planned]:
-        return lambda B: Planned(sample_warp(identity_warp(), T, B), rules)
+    def uniform(rule: ReuseRule | None = None) -> Callable[[int], Planned]:
+        return lambda B: Planned(sample_warp(identity_warp(), T, B), rule)
 
     main = cals.main
     methods = [
@@ -314,7 +317,8 @@ def static_methods(task: Task, cals: Calibrations, settings: BenchSettings) -> l
         methods += [
             StaticMethod(CORRECTED[mode], otcache(calibration), mode=mode),
             StaticMethod(f"lemica{suffix}-corrected", graph(errors, calibration), mode=mode),
-            StaticMethod(f"uniform{suffix}-linear", uniform(LINEAR), mode=mode),
+            StaticMethod(f"uniform{suffix}-linear", uniform(LINEAR_RULE), mode=mode),
+            StaticMethod(f"uniform{suffix}-horizon2", uniform(HORIZON2_RULE), mode=mode),
         ]
     return methods
 
@@ -363,8 +367,8 @@ def run_bench(json_path: str | Path | None = None, quick: bool = False, seed: in
             planned = method.plan(B)
             sampler = samplers[method.mode]
             extra = dict(planned.extra)
-            if isinstance(planned.rules, str):
-                extra["rules"] = planned.rules
+            if isinstance(planned.rules, ReuseRule):
+                extra["rules"] = planned.rules.name
             elif planned.rules is not None:  # counted over the reused steps
                 per_step = step_rules(planned.schedule, planned.rules)
                 extra["rules"] = rules_summary(r for r, computed in zip(per_step, planned.schedule.mask()) if not computed)
@@ -449,7 +453,7 @@ def format_report(document: dict[str, Any]) -> str:
     for r in sorted(rows, key=lambda r: -r["budget"]):
         lines.append(f"| {r['method']} | {r['mode']} | {r['budget']} | {r['speedup_ideal']:.2f}x | "
                      f"{r['speedup_measured']:.2f}x | {_db(r['psnr'])} | {_db(r.get('psnr_worst'))} | {r['ssim']:.4f} | {r['rel_l1']:.4f} | "
-                     f"{r.get('rules', HOLD)} | {','.join(map(str, r['compute_steps']))} |")
+                     f"{r.get('rules', 'hold')} | {','.join(map(str, r['compute_steps']))} |")
     lines += ["", pivot_table(rows, "psnr", "PSNR (dB)"), "", pivot_table(rows, "psnr_worst", "worst-image PSNR (dB)"),
               "", pivot_table(rows, "ssim", "SSIM", digits=4), ""]
     lines += winners(rows)
@@ -459,7 +463,7 @@ def format_report(document: dict[str, Any]) -> str:
     for key in ("otcache", "otcache-model", *CORRECTED.values()):
         if key in cost:
             c = cost[key]
-            lines.append(f"| {key} (all stages, {c['strength']} edges, rules {', '.join(c.get('rules', [HOLD]))}) | "
+            lines.append(f"| {key} (all stages, {c['strength']} edges, rules {', '.join(c.get('rules', ['hold']))}) | "
                          f"{c['samples']} | {c['total_model_calls']} | {c['total_seconds']:.1f} |")
     for strength, c in cost.get("edges", {}).items():
         lines.append(f"| {strength} edge errors only | {c['samples']} | {c['model_calls']} | {c['seconds']:.1f} |")

@@ -32,6 +32,7 @@ from ..calibration import Calibration
 from ..errors import OTCacheError
 from ..figures import BACKGROUND, TEXT, _font, _text_width, schedule_strips, stack_vertically, text_block
 from ..plan import BudgetRule, SchedulePlan
+from ..reuse import LINEAR_RULE
 from ..schedule import Schedule
 from ..warp import identity_warp, sample_warp
 from .task import (
@@ -169,11 +170,12 @@ def _calibrate(task: Task, settings: DemoSettings, seed: int, distance, objectiv
         reference_budget=ref_budget, anchor_budget=anchor_budget, strength=settings.strength,
         max_skip=settings.max_skip, trials=settings.trials, seed=seed,
     )
+    search, validation = task.calibration.split()
     outcome = calibrate(
-        task.sampler(task.calibration), cal_settings,
+        task.sampler(search), cal_settings,
         distance=distance, objective_name=objective_name,
         name=f"testbed-T{task.steps}", model=task.model_info, sampler_info=task.sampler_info(),
-        progress=bar, log=bar.message,
+        progress=bar, log=bar.message, validation=None if validation is None else task.sampler(validation),
     )
     return outcome.calibration
 
@@ -193,10 +195,10 @@ def _evaluate(task: Task, calibration: Calibration, settings: DemoSettings,
     for i, B in enumerate(budgets):
         resolved = SchedulePlan.from_calibration(calibration, BudgetRule("steps", B, T)).resolve(T)
         schedule = resolved.schedule
-        rules = list(resolved.segment_rules())
+        rules = resolved.rules
         cached, seconds = timed(lambda: sampler.sample(schedule, rules=rules))
         speed, _ = meter.speedup(lambda: sampler.sample(schedule, rules=rules), seconds)
-        uniform = sampler.sample(sample_warp(identity_warp(), T, B), rules="linear")
+        uniform = sampler.sample(sample_warp(identity_warp(), T, B), rules=LINEAR_RULE)
         rows.append(DemoRow(B, schedule.compute_steps, resolved.prediction.regime, T / B, speed,
                             fidelity(cached, full), fidelity(uniform, full)))
         images[f"B={B}"] = decode(cached)

@@ -29,7 +29,7 @@ from typing import Protocol
 import torch
 
 from ..calibrate import SamplingResult, checked_range
-from ..reuse import step_rules
+from ..reuse import ReuseRule, step_rules
 from ..runtime import CacheRun, StepPolicy
 from ..schedule import Schedule
 
@@ -163,10 +163,10 @@ class FlowSampler:
         return [abs(b - a) for a, b in zip(self.sigmas, self.sigmas[1:])]
 
     def sample(self, schedule: Schedule, *, policy: StepPolicy | None = None,
-               rules: str | Sequence[str] | None = None) -> torch.Tensor:
-        """The final latent under ``schedule`` (reused segments following ``rules``: one name, or one per
+               rules: ReuseRule | Sequence[ReuseRule] | None = None) -> torch.Tensor:
+        """The final latent under ``schedule`` (reused segments following ``rules``: one rule, or one per
         segment) or ``policy`` (the report lands in ``last_report``)."""
-        per_step = None if rules is None or isinstance(rules, str) else step_rules(schedule, rules)
+        per_step = None if rules is None or isinstance(rules, ReuseRule) else step_rules(schedule, rules)
         return self.run(schedule.mask(), policy=policy, reuse=per_step or rules).final
 
     @torch.no_grad()
@@ -179,7 +179,7 @@ class FlowSampler:
         stop: int | None = None,
         record: bool = False,
         probe: Collection[int] = (),
-        reuse: str | Sequence[str] | None = None,
+        reuse: ReuseRule | Sequence[ReuseRule] | None = None,
         policy: StepPolicy | None = None,
     ) -> SamplingResult:
         """See :class:`~otcache_core.calibrate.Sampler`; ``policy`` decides reuse at runtime instead of

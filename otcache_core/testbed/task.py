@@ -60,6 +60,14 @@ class SampleSet:
         """The first ``count`` samples (e.g. fewer samples for the costly ``global`` edge errors)."""
         return SampleSet(self.name, self.noise[:count], self.labels[:count], self.seed)
 
+    def split(self) -> tuple[SampleSet, SampleSet | None]:
+        """``(search, validation)``: the first half (rounded up) and the rest (``None`` for one sample),
+        as OTCache Calibrate splits its seeds."""
+        half = (len(self) + 1) // 2
+        rest = None if half == len(self) else SampleSet(f"{self.name}-validation", self.noise[half:],
+                                                         self.labels[half:], self.seed)
+        return self.subset(half), rest
+
     def __len__(self) -> int:
         return int(self.noise.shape[0])
 
