@@ -44,6 +44,7 @@ from .apply_node import apply_otcache
 from .cache_hooks import RUN_KEY, add_report_listener
 from .calibration_prompts import prompt_sampler
 from .families import model_identity
+from .model_conditions import model_conditions
 from .previews import temp_preview
 from .schedule_node import as_comfy_image
 from .storage import user_calibration_dir
@@ -205,6 +206,7 @@ def _fingerprint(model: Any, positives: Sequence[Any], negative: Any, latent: to
         digest.update(name.encode())
         digest.update(state[name].detach().flatten()[:4096].float().cpu().numpy().tobytes())
     digest.update(str(getattr(model, "patches_uuid", "")).encode())
+    digest.update(repr(model_conditions(model).to_record()).encode())  # a shift is an object patch: no new uuid
     for cond in (*positives, negative):
         for item in cond or []:
             digest.update(item[0].detach().flatten()[:65536].float().cpu().numpy().tobytes())
@@ -405,7 +407,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     started = time.perf_counter()
     outcome = calibrate(
         sampler, settings, distance=distance, objective_name=objective_name, name=name,
-        model={**identity, "families": [identity["family"]]},
+        model={**identity, "families": [identity["family"]], **model_conditions(model).to_record()},
         sampler_info={"sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "steps": T, "seeds": seeds,
                       "prompts": prompt_labels, "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},
         progress=on_progress, checkpoint=checkpoint, log=lambda msg: log.info("OTCache Calibrate: %s", msg),
