@@ -200,11 +200,15 @@ def latent_objective(vae: Any, model: Any) -> tuple[str, Callable[[torch.Tensor,
 def _fingerprint(model: Any, positives: Sequence[Any], negative: Any, latent: torch.Tensor) -> str:
     """A cheap identity of the weights, LoRA patches and conditionings: part of the resume key."""
     digest = hashlib.sha256()
-    state = model.model.diffusion_model.state_dict()
+    dm = model.model.diffusion_model
+    state = dm.state_dict()
+    # the tensors themselves: packs with their own layers (ComfyUI-GGUF) put meta placeholders in state_dict()
+    tensors = {**dict(dm.named_buffers()), **dict(dm.named_parameters())}
     names = sorted(state)
     for name in [names[0], names[len(names) // 2], names[-1]] if names else []:
         digest.update(name.encode())
-        digest.update(state[name].detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        value = tensors.get(name, state[name])
+        digest.update(value.detach().flatten()[:4096].float().cpu().numpy().tobytes())
     digest.update(str(getattr(model, "patches_uuid", "")).encode())
     digest.update(repr(model_conditions(model).to_record()).encode())  # a shift is an object patch: no new uuid
     for cond in (*positives, negative):
