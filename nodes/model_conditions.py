@@ -10,6 +10,7 @@ comparison are :mod:`otcache_core.conditions`; this module only reads ComfyUI's 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 from ..otcache_core.calibration import Calibration
 from ..otcache_core.conditions import LoraRecord, ModelConditions, SamplingRecord
 from ..otcache_core.plan import SchedulePlan
+
+log = logging.getLogger("OTCache")
 
 _SAMPLED_VALUES = 256
 """Values of each patch tensor that enter the LoRA digest (enough to tell LoRAs apart, cheap on big ones)."""
@@ -92,8 +95,16 @@ def sampling_record(patcher: Any) -> SamplingRecord | None:
 
 
 def model_conditions(patcher: Any) -> ModelConditions:
-    """LoRAs and noise schedule of the model as a sampler would get it."""
-    return ModelConditions(lora_record(patcher), sampling_record(patcher))
+    """LoRAs and noise schedule of the model as a sampler would get it; a part that cannot be read (an
+    unknown patch type of another pack) is left unrecorded rather than stopping a calibration or a run."""
+    read = []
+    for reader in (lora_record, sampling_record):
+        try:
+            read.append(reader(patcher))
+        except Exception as exc:  # never cost the user a generation over a record
+            log.debug("OTCache: could not read the model's %s: %s", reader.__name__, exc)
+            read.append(None)
+    return ModelConditions(*read)
 
 
 @dataclass(frozen=True)
