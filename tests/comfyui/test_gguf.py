@@ -26,8 +26,6 @@ from . import gguf_models as G
 from .test_apply_runtime import BlockCounter, apply, core, hooks, plan_for, reports, sample  # noqa: F401  (fixtures)
 from .tiny_loras import save_lora
 
-gguf = pytest.importorskip("gguf", reason="the gguf package (PyPI) writes the test models: pip install gguf")
-
 PACK = "city96+ComfyUI-GGUF"
 MODES = ("blocks", "model")
 WAN_STEPS, FLUX_STEPS = 10, 2
@@ -39,7 +37,12 @@ REFERENCE_WEIGHT = {"wan": "blocks.1.self_attn.q.weight", "flux": "double_blocks
 
 
 @pytest.fixture(scope="module")
-def gguf_pack(peer_pack):
+def gguf():
+    return pytest.importorskip("gguf", reason="the gguf package (PyPI) writes the test models: pip install gguf")
+
+
+@pytest.fixture(scope="module")
+def gguf_pack(peer_pack, gguf):
     return peer_pack(PACK)
 
 
@@ -100,7 +103,7 @@ def steps_of(family: str) -> int:
 # The files
 # --------------------------------------------------------------------------------------------------
 
-def test_gguf_q6_k_encoding_decodes_in_the_gguf_package_and_the_packs_dequantizer(gguf_pack):
+def test_gguf_q6_k_encoding_decodes_in_the_gguf_package_and_the_packs_dequantizer(gguf, gguf_pack):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((6, 512)) * rng.uniform(0.01, 3.0, (6, 1))).astype(np.float32)
     x[1, 256:] = 0.0  # an all-zero block
@@ -273,3 +276,63 @@ def test_gguf_calibration_at_full_budget_is_bit_identical(otcache_pack, gguf_mod
     _, m = gguf_models("wan", "Q6_K")
     (patched,) = nodes.OTCacheApply().apply(m.patcher, plan, mode, 0.0, 1.0)
     assert torch.equal(run(m, "wan", patched), unpatched("wan", "Q6_K"))
+
+
+# --------------------------------------------------------------------------------------------------
+# The user's graph in a ComfyUI server: Unet Loader (GGUF) -> [LoRA] -> OTCache Apply -> KSampler
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gguf_server(gguf_models, tmp_path_factory, comfyui_root):
+    """A ComfyUI server with the ComfyUI-GGUF pack in ``custom_nodes`` and the Wan's GGUF files and LoRA in its
+    model folders."""
+    from .comfy_server import running_server
+    from .conftest import peer_pack_folder
+
+    files = {f"diffusion_models/{gguf_models('wan', q)[0].path.name}": gguf_models("wan", q)[0].path for q in G.QTYPES}
+    lora = save_lora(tmp_path_factory.mktemp("server_lora") / LORA, gguf_models.reference["wan"], seed=5)
+    with running_server(tmp_path_factory.mktemp("gguf_base"), comfyui_root, packs={"ComfyUI-GGUF": peer_pack_folder(PACK)},
+                        models={**files, f"loras/{LORA}": lora}) as server:
+        yield server
+
+
+def gguf_prompt(qtype: str, budget: int | None, mode: str = "auto", lora: bool = False) -> dict:
+    from .comfy_server import model_and_inputs
+
+    prompt = {
+        **model_and_inputs(),
+        "1": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": f"otcache_test_wan_{qtype}.gguf"}},
+        "8": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 3, "steps": WAN_STEPS, "cfg": 3.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "denoise": 1.0}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["8", 0], "filename_prefix": "gguf"}},
+    }
+    source = ["1", 0]
+    if lora:
+        prompt["5"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": source, "lora_name": LORA,
+                                                                      "strength_model": 0.8}}
+        source = ["5", 0]
+    if budget is not None:
+        prompt["6"] = {"class_type": "OTCacheSchedule", "inputs": {
+            "preset": "generic", "steps": WAN_STEPS, "budget": budget, "budget_as": "computed steps", "speedup": 3.0,
+            "warmup_steps": 0, "lambda_mapping": "linear"}}
+        prompt["7"] = {"class_type": "OTCacheApply", "inputs": {"model": source, "schedule": ["6", 0], "mode": mode,
+                                                               "start_percent": 0.0, "end_percent": 1.0}}
+        source = ["7", 0]
+    prompt["8"]["inputs"]["model"] = source
+    return prompt
+
+
+@pytest.mark.parametrize("qtype", G.QTYPES)
+def test_gguf_graph_in_a_server_is_exact_at_full_budget_and_runs_the_schedule(gguf_server, qtype):
+    from .test_lora import run_latent
+
+    for lora in (False, True):
+        unpatched = run_latent(gguf_server, gguf_prompt(qtype, None, lora=lora))
+        for mode in MODES:
+            assert torch.equal(run_latent(gguf_server, gguf_prompt(qtype, WAN_STEPS, mode, lora)), unpatched), (lora, mode)
+        start = len(gguf_server.log())
+        cached = run_latent(gguf_server, gguf_prompt(qtype, 4, "auto", lora))
+        assert not torch.equal(cached, unpatched)
+        assert f"OTCache [model]: computed 4/{WAN_STEPS} steps" in gguf_server.log()[start:]
