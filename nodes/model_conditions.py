@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -115,7 +115,7 @@ class ConditionedPlan(SchedulePlan):
     it wherever it takes a plan.
     """
 
-    made_with: ModelConditions = ModelConditions()
+    made_with: ModelConditions = field(default_factory=ModelConditions)
 
 
 def with_conditions(plan: SchedulePlan, calibration: Calibration) -> SchedulePlan:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from .comfy_server import TINY_WAN, model_and_inputs, running_server, tiny_wan_state_dict
+from .comfy_server import model_and_inputs, running_server, tiny_wan_state_dict
 from .test_apply_runtime import STEPS, apply, core, hooks, plan_for, reports, sample  # noqa: F401  (fixtures)
 from .tiny_loras import save_lora
 
@@ -180,7 +180,7 @@ def test_another_lora_or_strength_after_apply_is_warned_about(otcache_pack, tiny
     with caplog.at_level(logging.WARNING, logger="OTCache"):
         sample(m, loras("flux", name, strength, model=apply(otcache_pack, m, plan)), steps=8)
     (warning,) = mismatch_lines(caplog)
-    assert (f"this model has shift 1.15, other LoRA patches on" if strength == 0.8 else "(strength 0.5)") in warning
+    assert ("this model has shift 1.15, other LoRA patches on" if strength == 0.8 else "(strength 0.5)") in warning
     assert len(reports[-1].computed) == 4  # warned, not refused
 
 
