@@ -62,12 +62,19 @@ def main() -> None:
     gguf_pack = load_pack(packs / PACK, "peer_city96_ComfyUI_GGUF")
     from comfyui import gguf_models as G
 
-    import comfy.sample
     import folder_paths
 
     core = pack.otcache_core
-    folder = Path(tempfile.mkdtemp(prefix="otcache_gguf_bench_"))
-    folder_paths.add_model_folder_path("diffusion_models", str(folder))
+    with tempfile.TemporaryDirectory(prefix="otcache_gguf_bench_") as scratch:  # the Flux files are 700 MB
+        folder_paths.add_model_folder_path("diffusion_models", scratch)
+        measure(args, core, pack, gguf_pack, G, Path(scratch))
+
+
+def measure(args, core, pack, gguf_pack, G, folder: Path) -> None:
+    """Print the tables (see the module doc); GGUF files are written to ``folder``."""
+    import comfy.sample
+    import torch
+
     print(f"one CPU thread (torch {torch.__version__}); euler; evenly spaced computed steps, reuse rule linear; "
           "latent PSNR in dB (mean over seeds); time = CPU time of the OTCache run / of the variant's own "
           "full-compute run (median)")
