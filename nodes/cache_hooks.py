@@ -45,6 +45,7 @@ from ..otcache_core.schedule import Schedule
 from .control_models import HeldControls, PendingControl, defer_controls
 from .families import FamilySpec, stage_blocks
 from .foreign_caches import OWN_KEY_PREFIX, find_foreign_caches, labels
+from .model_conditions import conditions_note
 
 log = logging.getLogger("OTCache")
 
@@ -173,6 +174,10 @@ def start_run(config: CacheConfig, patcher: Any, sigmas: torch.Tensor, sampler: 
     if "ancestral" in name or "sde" in name:
         notes.append(f"sampler {name} adds noise every step: reused residuals were computed on other noise")
         _warn(config, "OTCache: sampler %s adds noise every step; expect lower fidelity from reused steps", name)
+    mismatch = conditions_note(config.plan, patcher)  # LoRAs / shift other than calibrated
+    if mismatch:
+        notes.append(mismatch)
+        _warn(config, "OTCache: %s", mismatch)
     top = _max_sigma(patcher)
     if top is not None and sigma_list[0] < top * 0.999:
         notes.append(f"partial run (starts at sigma {sigma_list[0]:.4g} < {top:.4g}): scheduled as its own {T}-step run")

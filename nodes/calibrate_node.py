@@ -44,6 +44,7 @@ from .apply_node import apply_otcache
 from .cache_hooks import RUN_KEY, add_report_listener
 from .calibration_prompts import prompt_sampler
 from .families import model_identity
+from .model_conditions import model_conditions
 from .previews import temp_preview
 from .schedule_node import as_comfy_image
 from .storage import user_calibration_dir
@@ -199,12 +200,17 @@ def latent_objective(vae: Any, model: Any) -> tuple[str, Callable[[torch.Tensor,
 def _fingerprint(model: Any, positives: Sequence[Any], negative: Any, latent: torch.Tensor) -> str:
     """A cheap identity of the weights, LoRA patches and conditionings: part of the resume key."""
     digest = hashlib.sha256()
-    state = model.model.diffusion_model.state_dict()
+    dm = model.model.diffusion_model
+    state = dm.state_dict()
+    # the tensors themselves: packs with their own layers (ComfyUI-GGUF) put meta placeholders in state_dict()
+    tensors = {**dict(dm.named_buffers()), **dict(dm.named_parameters())}
     names = sorted(state)
     for name in [names[0], names[len(names) // 2], names[-1]] if names else []:
         digest.update(name.encode())
-        digest.update(state[name].detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        value = tensors.get(name, state[name])
+        digest.update(value.detach().flatten()[:4096].float().cpu().numpy().tobytes())
     digest.update(str(getattr(model, "patches_uuid", "")).encode())
+    digest.update(repr(model_conditions(model).to_record()).encode())  # a shift is an object patch: no new uuid
     for cond in (*positives, negative):
         for item in cond or []:
             digest.update(item[0].detach().flatten()[:65536].float().cpu().numpy().tobytes())
@@ -422,7 +428,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     started = time.perf_counter()
     outcome = calibrate(
         sampler, settings, distance=distance, objective_name=objective_name, name=name,
-        model={**identity, "families": [identity["family"]]},
+        model={**identity, "families": [identity["family"]], **model_conditions(model).to_record()},
         sampler_info={"sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "steps": T, "seeds": search_seeds,
                       "validation_seeds": check_seeds, "prompts": prompt_labels,
                       "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .conditions import ModelConditions
 from .errors import FileFormatError, OTCacheError
 from .jsonfile import check_document, finite_number, load_json, require, save_json, short_repr
 from .reuse import DEFAULT_FALLBACK, DEFAULT_RULE, DEFAULT_RULE_SOURCE, EdgeRules, ReuseRule, parse_rule, rules_summary
@@ -200,7 +201,9 @@ class Calibration:
     reference: ScheduleRecord
     anchor: ScheduleRecord
     model: dict[str, Any] = field(default_factory=dict)
-    """Identity: at least ``family``; also ``name``/``hash`` where known."""
+    """Identity: at least ``family``; also ``name``/``hash`` where known, and the model's
+    LoRAs and noise-schedule shift it was calibrated with (``loras``, ``sampling``: see
+    :mod:`otcache_core.conditions`; absent in older files)."""
     sampler: dict[str, Any] = field(default_factory=dict)
     """Sampler settings of the calibration runs (sampler, scheduler, cfg, ...)."""
     edge_errors: dict[str, Any] | None = None
@@ -234,6 +237,11 @@ class Calibration:
     @property
     def family(self) -> str | None:
         return self.model.get("family")
+
+    @property
+    def conditions(self) -> ModelConditions:
+        """The LoRAs and noise schedule the model was calibrated with (``None`` fields: not recorded)."""
+        return ModelConditions.from_model_record(self.model)
 
     def error_matrix(self) -> np.ndarray | None:
         """The edge-error matrix with NaN for unmeasured edges, or ``None`` (e.g. published presets)."""
@@ -354,6 +362,8 @@ class Calibration:
             f"anchor ({anc.method}) B={anc.schedule.budget}: {list(anc.schedule.compute_steps)}{rules(anc)}",
             self.description(),
         ]
+        if self.conditions.recorded:
+            lines.append(f"made with: {self.conditions.describe()} (OTCache Apply warns when the model differs)")
         if self.rule is not None:
             lines.append(f"reuse rule {self.rule} for every segment" + (f" ({self.rule_source})" if self.rule_source else ""))
         if self.budgets is not None:
@@ -408,6 +418,7 @@ def _check_model(model: dict[str, Any], *, where: str) -> None:
         raise FileFormatError(f"{where}: field 'family' must be text, found {type(model['family']).__name__}")
     if model.get("families") is not None:
         _text_list(model["families"], "families", where=where)
+    ModelConditions.from_model_record(model, where=where)  # LoRAs and shift, when recorded
 
 
 def _check_edge_errors(edge_errors: Any, steps: int, *, where: str) -> None:

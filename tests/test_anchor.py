@@ -1,5 +1,6 @@
 """The Optuna anchor search: seeded, exact seeds, resumable, shareable, optional."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -163,10 +164,11 @@ def test_the_trial_of_a_killed_worker_is_failed_and_run_again(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     script = textwrap.dedent(
         f"""
+        import json
         import time
         from otcache_core.anchor import search_anchor
         def objective(s):
-            print("EVAL", list(s.compute_steps), flush=True)
+            print("EVAL", json.dumps(list(s.compute_steps)), flush=True)
             time.sleep(600)
         search_anchor(objective, 30, 9, n_trials=4, seed=0, storage={url!r}, study_name="s", heartbeat=1, grace=1)
         """
@@ -181,7 +183,7 @@ def test_the_trial_of_a_killed_worker_is_failed_and_run_again(tmp_path):
                            seed=0, storage=url, study_name="s", heartbeat=1, grace=1)
     study = optuna.load_study(study_name="s", storage=url)
     (killed,) = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
-    assert killed.user_attrs["compute_steps"] == eval(line[len("EVAL"):])
+    assert killed.user_attrs["compute_steps"] == json.loads(line[len("EVAL"):])
     retried = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
                if t.system_attrs.get("failed_trial") == killed.number]
     assert [t.user_attrs["compute_steps"] for t in retried] == [killed.user_attrs["compute_steps"]]

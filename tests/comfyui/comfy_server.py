@@ -4,7 +4,8 @@ Everything lives in a temporary base directory (``--base-directory``): ``custom_
 link to this repository, ``custom_nodes/otcache_test_nodes`` the test-only nodes of ``helper_nodes/``,
 ``models/diffusion_models/tiny_wan.safetensors`` a tiny Wan 2.1 that ComfyUI's own loader recognises,
 ``input/example.png`` the checkout's example image, and the front end's settings mark its first-run
-tour as done. Nothing is written into the ComfyUI checkout.
+tour as done; a test may link more packs (a third-party one) and model files (GGUF models, LoRAs).
+Nothing is written into the ComfyUI checkout.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,28 +135,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def save_tiny_wan(path: Path) -> None:
-    """A Wan 2.1 T2V small enough for CPU that ComfyUI's own detection recognises (head dim 128)."""
-    from safetensors.torch import save_file
+TINY_WAN_CONFIG = dict(image_model="wan2.1", model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=3,
+                       text_dim=4096, in_dim=16, out_dim=16, patch_size=(1, 2, 2), freq_dim=256, window_size=(-1, -1),
+                       qk_norm=True, cross_attn_norm=True, eps=1e-6)
+"""A Wan 2.1 T2V small enough for CPU that ComfyUI's own detection recognises (head dim 128)."""
 
+
+def tiny_wan_state_dict(seed: int = 0) -> dict:
+    """The weights of the tiny Wan (:data:`TINY_WAN_CONFIG`), as a diffusion-model file holds them."""
     from .tiny_models import _build_patcher
 
-    config = dict(image_model="wan2.1", model_type="t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=3,
-                  text_dim=4096, in_dim=16, out_dim=16, patch_size=(1, 2, 2), freq_dim=256, window_size=(-1, -1),
-                  qk_norm=True, cross_attn_norm=True, eps=1e-6)
-    patcher = _build_patcher("WAN21_T2V", config, seed=0)
-    state = {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
-    save_file(state, str(path))
+    patcher = _build_patcher("WAN21_T2V", TINY_WAN_CONFIG, seed=seed)
+    return {k: v.contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
 
 
-def prepare_base(base: Path, comfyui_root: Path) -> None:
-    """The base directory layout described in the module docstring."""
-    (base / "custom_nodes").mkdir(parents=True)
-    (base / "custom_nodes" / "otcache").symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes" / "otcache_test_nodes").symlink_to(HELPER_NODES, target_is_directory=True)
-    models = base / "models" / "diffusion_models"
-    models.mkdir(parents=True)
-    save_tiny_wan(models / TINY_WAN)
+def save_tiny_wan(path: Path) -> None:
+    """The tiny Wan as a safetensors file that UNETLoader loads."""
+    from safetensors.torch import save_file
+
+    save_file(tiny_wan_state_dict(), str(path))
+
+
+def prepare_base(base: Path, comfyui_root: Path, *, packs: dict[str, Path] | None = None,
+                 models: dict[str, Path] | None = None) -> None:
+    """The base directory layout described in the module docstring.
+
+    ``packs``: more custom node folders to link (``{folder name: path}``, e.g. a third-party pack);
+    ``models``: more model files to link (``{"<model folder>/<file name>": path}``, e.g.
+    ``"diffusion_models/x.gguf"`` or ``"loras/y.safetensors"``).
+    """
+    custom_nodes = base / "custom_nodes"
+    custom_nodes.mkdir(parents=True)
+    links = {"otcache": REPO, "otcache_test_nodes": HELPER_NODES, **(packs or {})}
+    for name, folder in links.items():
+        (custom_nodes / name).symlink_to(folder, target_is_directory=True)
+    diffusion_models = base / "models" / "diffusion_models"
+    diffusion_models.mkdir(parents=True)
+    save_tiny_wan(diffusion_models / TINY_WAN)
+    for relative, path in (models or {}).items():
+        target = base / "models" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path)
     (base / "input").mkdir()
     example = comfyui_root / "input" / "example.png"
     if example.is_file():  # the image the ControlNet workflow loads
@@ -185,3 +207,14 @@ def start_server(comfyui_root: Path, base: Path, timeout: float = 180) -> ComfyS
                 server.stop()
                 raise ServerError(f"ComfyUI did not start:\n{server.log()[-3000:]}") from None
             time.sleep(0.5)
+
+
+@contextmanager
+def running_server(base: Path, comfyui_root: Path, **prepare: dict[str, Path]) -> Iterator[ComfyServer]:
+    """A server on a fresh ``base`` (laid out by :func:`prepare_base` with ``prepare``), stopped on exit."""
+    prepare_base(base, comfyui_root, **prepare)
+    server = start_server(comfyui_root, base)
+    try:
+        yield server
+    finally:
+        server.stop()

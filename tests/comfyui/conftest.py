@@ -217,15 +217,10 @@ def _release_models() -> None:
 # --------------------------------------------------------------------------
 
 def _running_server(tmp_path_factory, comfyui_root: Path, name: str) -> Iterator[object]:
-    from .comfy_server import prepare_base, start_server
+    from .comfy_server import running_server
 
-    base = tmp_path_factory.mktemp(name)
-    prepare_base(base, comfyui_root)
-    server = start_server(comfyui_root, base)
-    try:
+    with running_server(tmp_path_factory.mktemp(name), comfyui_root) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
