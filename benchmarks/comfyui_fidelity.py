@@ -1,50 +1,48 @@
-"""Fidelity inside ComfyUI: a trained ComfyUI Flux, ComfyUI's own sampling, held-out prompts.
+"""Fidelity inside ComfyUI: trained ComfyUI Flux models, ComfyUI's own sampling, held-out prompts.
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/comfyui_fidelity.py [--json out.json] [--quick]
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/comfyui_fidelity.py [--testbed distilled] [--json out.json]
 
-The model is the DigitFlux testbed (``tests/comfyui/digit_flux.py``: a ``comfy.ldm.flux.model.Flux``
-trained on MNIST, prompts encoded by a real ``comfy.sd.CLIP``). Every output is sampled by
-``comfy.sample.sample`` (the KSampler path), euler / simple, T = 30, cfg 4, and compared with the
-full-compute output of the same prompt and seed: PSNR of the decoded 28x28 digits in [0, 1], mean
-and worst sample.
+The models are the DigitFlux testbeds (``tests/comfyui/digit_flux.py``): ``digitflux``, a
+``comfy.ldm.flux.model.Flux`` trained on MNIST, sampled with real CFG (cfg 4, two model calls per
+step); ``distilled``, its guidance-distilled student (FLUX.1-dev's regime: cfg 1, one model call per
+step, the strength 4 as a guidance embedding set as FluxGuidance does). Every output is sampled by
+``comfy.sample.sample`` (the KSampler path), euler / simple, T = 30, and compared with the full-compute
+output of the same prompt and seed: PSNR of the decoded 28x28 digits in [0, 1], mean and worst sample.
 
-Held out: calibrations see only even-digit prompts and seeds 0, 1 (the node's default seeds); the
+Held out: calibrations see only even-digit prompts and seeds 0 .. 3 (the node's default seeds); the
 evaluation uses the odd-digit prompts, four phrasings each, with seeds 1000 and 1001 (40 samples),
-none of which any calibration or setting here was chosen on.
+none of which any calibration or default here was chosen on (the defaults were chosen on the
+development samples: even-digit prompts with seeds 500 and 501).
 
-Methods, each at exactly B computed steps of 30 (checked from OTCache's run reports), each with a
-reuse mode (``blocks`` / ``model``) and a reuse rule (OTCache Apply's ``reuse`` input):
+Methods, each at exactly B computed steps of 30 (checked from OTCache's run reports), ``model`` mode
+(what ``auto`` is) unless said otherwise:
 
-* **default pipeline**: OTCache Calibrate -> OTCache Schedule -> OTCache Apply with every input at
-  its default (mode auto, reuse rules measured per segment, reuse ``calibrated``) except what must
-  match the sampling (steps, cfg, sampler, scheduler) and the prompt: one calibration prompt
-  connected as the positive;
-* **calibration draws**: a calibration is a draw (its few samples decide much); each setting is
-  also calibrated three times on other prompts (the connected positive "a handwritten digit zero",
-  "four", "eight"; for five prompts, the phrasings rotated) and the mean of the three is reported:
-  the default pipeline, five prompts x two seeds (one prompt per even digit, through the
-  ``prompts`` input) and one prompt x ten seeds (as many samples, one prompt);
-* **otcache**: the default calibration in ``model`` mode, and with ``hold`` as the only measured
-  rule, in each mode;
-* **even**: evenly spaced computed steps with each single rule (``hold``, ``linear``,
-  ``quadratic``), in each mode. The shipped ``generic`` preset gives the same schedules (checked at
-  every budget), so its rows are these;
-* **former generic**: the FLUX.1-dev published shape (the ``flux.1-dev`` preset, which the
-  ``generic`` preset used to copy), with ``hold`` and ``linear``, in each mode;
-* **easycache**: ComfyUI's own EasyCache node, its ``reuse_threshold`` bisected until the run
-  computes B steps. Two faults of EasyCache at ComfyUI 0.3.64 would make it lose for reasons that
-  are not its method (COMFYUI_NOTES.md): it adds its cached difference *in place* to the model
-  input, which for an fp32 model is the sampler's own state, and it adds every stream's difference
-  to every row of a batched cond/uncond call. It gets a fair run here: an outer ``DIFFUSION_MODEL``
-  wrapper hands it one stream per call (the rows of one cond uuid, as a copy), which is what
-  upstream's later fix amounts to. Its own defaults always compute the first 15 % and the last 5 %
-  of the run; budgets that cannot be reached with them are bisected with 0 % / 100 % instead. The
-  wrapper's own effect is measured: EasyCache at threshold 0 through it must reproduce the
-  full-compute output.
+* **default pipeline**: OTCache Calibrate -> OTCache Schedule -> OTCache Apply with every input at its
+  default except what must match the sampling (steps, cfg, sampler, scheduler) and the prompt: one
+  calibration prompt connected as the positive. A calibration is a draw, so there are five, one per
+  even digit ("a handwritten digit zero", "two", ... "eight"): each draw's mean PSNR, the mean over
+  draws and the worst sample of all; each draw also against **its own schedules with the best single
+  rule** (the calibration's schedules, OTCache Apply's ``reuse`` set to one rule for all segments);
+* **even**: evenly spaced computed steps (= the shipped ``generic`` preset, checked at every budget)
+  with each single rule; "best single rule" is the best of them at each budget, on these very samples
+  (an advantage no calibration has);
+* **fixed interval**: our own implementation of a forecasting cache's idea (TaylorSeer-style): the
+  first W = 3 steps computed, then one every N steps, the model output extrapolated from the last
+  computed outputs (order 1: ``linear``, order 2: ``quadratic``), at its natural counts
+  W + ceil((T - W) / N);
+* with ``--extended``: the default pipeline in ``blocks`` mode, five prompts per calibration (three
+  draws), and **easycache**, ComfyUI's own EasyCache node, its ``reuse_threshold`` bisected until the
+  run computes B steps. Two faults of EasyCache at ComfyUI 0.3.64 would make it lose for reasons that
+  are not its method (COMFYUI_NOTES.md): it adds its cached difference *in place* to the model input,
+  which for an fp32 model is the sampler's own state, and it adds every stream's difference to every
+  row of a batched cond/uncond call. It gets a fair run here: an outer ``DIFFUSION_MODEL`` wrapper hands
+  it one stream per call (the rows of one cond uuid, as a copy), which is what upstream's later fix
+  amounts to. Its own defaults always compute the first 15 % and the last 5 % of the run; budgets that
+  cannot be reached with them are bisected with 0 % / 100 % instead. The wrapper's own effect is
+  measured: EasyCache at threshold 0 through it must reproduce the full-compute output.
 
-It prints its own wall time: about 5 minutes on one thread of a shared 2-core machine. One torch thread
-is the default: with two, every small operation waited for a core another process held, and the same
-run took 31 minutes.
+One torch thread is the default: with two, every small operation waited for a core another process
+held, and a run took six times as long.
 """
 
 from __future__ import annotations
@@ -64,12 +62,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-BUDGETS = (14, 12, 10, 8, 6)
+BUDGETS = (20, 16, 14, 12, 10, 9, 8, 7, 6)
 EVAL_SEEDS = (1000, 1001)
-MODES = ("blocks", "model")
-RULES = ("hold", "linear", "quadratic")
-DRAW_DIGITS = (0, 4, 8)
-"""The connected positive of the three calibrations of one setting: a handwritten digit zero, four, eight."""
+DEVELOPMENT_SEEDS = (500, 501)
+"""Seeds of the development samples (even-digit prompts), on which the defaults were chosen."""
+RULES = ("hold", "linear", "quadratic", "horizon2")
+DRAW_DIGITS = (0, 2, 4, 6, 8)
+"""The connected positive of the calibration draws: a handwritten digit zero, two, four, six, eight."""
+WARMUP = 3
+"""Warm-up steps of the fixed-interval forecaster (always computed)."""
+INTERVALS = (3, 4, 5, 6, 7, 9)
+"""Its intervals: 12, 10, 9, 8, 7 and 6 computed steps of 30."""
 
 
 
@@ -94,11 +97,12 @@ class Bench:
 
         self.pack, self.df, self.testbed, self.steps = pack, df, testbed, steps
         self.size = len(prompts) * len(seeds)
-        conds = [testbed.encode(p)[0] for p in prompts]
+        conds = [testbed.positive(p)[0] for p in prompts]
         rows = [(c, s) for c in conds for s in seeds]  # prompt-major
         context = torch.cat([c[0] for c, _ in rows])
         pooled = torch.cat([c[1]["pooled_output"] for c, _ in rows])
-        self.positive = [[context, {"pooled_output": pooled}]]
+        settings = {k: v for k, v in conds[0][1].items() if not torch.is_tensor(v)}  # the guidance, if any
+        self.positive = [[context, {"pooled_output": pooled, **settings}]]
         self.negative = testbed.negative()
         self.latent = df.empty_latent(self.size)
         self.noise = torch.cat([comfy.sample.prepare_noise(df.empty_latent(1), s) for _, s in rows])
@@ -110,7 +114,7 @@ class Bench:
         """Decoded digits in [0, 1] of one run of the whole evaluation set through ``comfy.sample.sample``."""
         import comfy.sample
 
-        out = comfy.sample.sample(model, self.noise, self.steps, self.df.CFG, self.df.SAMPLER, self.df.SCHEDULER,
+        out = comfy.sample.sample(model, self.noise, self.steps, self.testbed.cfg, self.df.SAMPLER, self.df.SCHEDULER,
                                   self.positive, self.negative, self.latent, seed=0, disable_pbar=True)
         return ((self.df.decode_latent(out) + 1.0) / 2.0).clamp(0.0, 1.0)
 
@@ -258,12 +262,12 @@ def calibrate(bench: Bench, folder: Path, name: str, prompts: list[str], **overr
     positive, the others go to the ``prompts`` input. Returns the record and its wall time."""
     df, nodes = bench.df, bench.pack.nodes
     inputs = node_defaults(nodes.OTCacheCalibrate)
-    inputs.update(steps=bench.steps, cfg=df.CFG, sampler_name=df.SAMPLER, scheduler=df.SCHEDULER, name=name,
+    inputs.update(steps=bench.steps, cfg=bench.testbed.cfg, sampler_name=df.SAMPLER, scheduler=df.SCHEDULER, name=name,
                   storage="memory", prompts="\n".join(prompts[1:]), **overrides)
     inputs["rules"] = nodes.calibrate_node.parse_rule_list(inputs.pop("reuse_rules"))  # as the node parses it
     start = time.perf_counter()
     record, _, _, _ = nodes.calibrate_node.run_calibration(
-        bench.testbed.patcher, bench.testbed.encode(prompts[0]), bench.negative, {"samples": df.empty_latent(1)},
+        bench.testbed.patcher, bench.testbed.positive(prompts[0]), bench.negative, {"samples": df.empty_latent(1)},
         clip=bench.testbed.clip, folder=folder, **{k: v for k, v in inputs.items() if k != "latent_image"})
     return record, time.perf_counter() - start
 
@@ -290,13 +294,55 @@ def draws_row(bench: Bench, label: str, mode: str, records: list[Any], budgets: 
     sample of all, and each calibration's mean in the note."""
     rows = [otcache_row(bench, label, mode, "calibrated", lambda b, r=r: plan_from(bench, r, b), budgets)
             for r in records]
-    row = Row(f"{label}, mean of {len(rows)}", mode, "calibrated")
+    return mean_of(rows, f"{label}, mean of {len(rows)}", mode, "calibrated", budgets)
+
+
+def mean_of(rows: list[Row], label: str, mode: str, rule: str, budgets: tuple[int, ...]) -> Row:
+    """The mean of the rows' mean PSNRs and the worst of their worst samples, each row's mean in the note."""
+    row = Row(label, mode, rule)
     for b in budgets:
         row.mean[b] = statistics.fmean(r.mean[b] for r in rows)
         row.worst[b] = min(r.worst[b] for r in rows)
     row.note = "per calibration: " + "; ".join(f"B={b} " + " / ".join(f"{r.mean[b]:.2f}" for r in rows)
                                               for b in budgets)
     return row
+
+
+def best_single_rule(bench: Bench, label: str, plan_for: Callable[[int], Any], budgets: tuple[int, ...],
+                     rules: tuple[str, ...] = RULES) -> Row:
+    """Schedules run with one rule for every segment, the best rule at each budget (on these samples)."""
+    rows = {rule: otcache_row(bench, label, "model", rule, plan_for, budgets) for rule in rules}
+    row = Row(f"{label}, best single rule", "model", "best of " + "/".join(rules))
+    for b in budgets:
+        best = max(rows.values(), key=lambda r: r.mean[b])
+        row.mean[b], row.worst[b] = best.mean[b], best.worst[b]
+        row.note += f"B={b} {best.rule}; "
+    return row
+
+
+def fixed_interval_schedule(core: Any, steps: int, interval: int, warmup: int = WARMUP) -> Any:
+    """The first ``warmup`` steps, then one computed step every ``interval`` steps."""
+    return core.schedule.Schedule.from_steps(sorted(set(range(warmup)) | set(range(warmup, steps, interval))), steps)
+
+
+def fixed_interval_row(bench: Bench, order: int) -> Row:
+    """The fixed-interval forecaster at its natural counts, the model output extrapolated at ``order``."""
+    core = bench.pack.otcache_core
+    rule = {1: "linear", 2: "quadratic"}[order]
+    row = Row(f"fixed interval (warm-up {WARMUP}, order {order})", "model", rule)
+    for interval in INTERVALS:
+        schedule = fixed_interval_schedule(core, bench.steps, interval)
+        plan = core.plan.SchedulePlan.from_schedule(schedule, label=f"every {interval}")
+        row.mean[schedule.budget], row.worst[schedule.budget] = summarize(
+            bench.score_otcache(bench.testbed.patcher, plan, "model", rule, schedule.budget))
+        row.note += f"B={schedule.budget}: every {interval} steps; "
+    return row
+
+
+def margins(ours: Row, other: Row, budgets: tuple[int, ...]) -> str:
+    """``B=14 +1.23 / -0.40`` (mean / worst sample) at every budget both rows have."""
+    return ", ".join(f"B={b} {ours.mean[b] - other.mean[b]:+.2f} / {ours.worst[b] - other.worst[b]:+.2f}"
+                     for b in budgets if b in ours.mean and b in other.mean)
 
 
 def even_plan(bench: Bench, budget: int) -> Any:
@@ -350,30 +396,29 @@ def setup(threads: int) -> tuple[Any, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbed", choices=("digitflux", "distilled"), default="digitflux")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest on a shared machine (a second thread waits on a busy core)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
-    parser.add_argument("--quick", action="store_true", help="4 evaluation prompts, one seed, no EasyCache (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="4 evaluation prompts, one seed, two draws (a smoke run)")
+    parser.add_argument("--extended", action="store_true",
+                        help="also blocks mode, five prompts per calibration and ComfyUI's EasyCache")
     parser.add_argument("--json", help="also write the table here")
-    parser.add_argument("--weights", help="another DigitFlux weight file (default: the shipped one)")
     args = parser.parse_args()
     started = time.perf_counter()
     pack, df = setup(args.threads)
     budgets = tuple(args.budgets)
-    testbed = df.load(args.weights)
+    testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
     prompts = df.evaluation_prompts()[:: 5 if args.quick else 1]
     seeds = EVAL_SEEDS[:1] if args.quick else EVAL_SEEDS
     bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
-    print(f"evaluation: {len(prompts)} held-out prompts x {len(seeds)} seeds = {bench.size} samples; "
-          f"full-compute reference in {time.perf_counter() - started:.0f} s", flush=True)
-
+    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {len(prompts)} held-out "
+          f"prompts x {len(seeds)} seeds = {bench.size} samples; full-compute reference in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
     rows: list[Row] = []
-    several = [df.prompt(d, k % len(df.TEMPLATES)) for k, d in enumerate(range(0, 10, 2))]
-    one = several[:1]
     timings: dict[str, float] = {}
-
-    def calibrated(label: str, mode: str, rule: str, record: Any) -> None:
-        rows.append(otcache_row(bench, label, mode, rule, lambda b: plan_from(bench, record, b), budgets))
+    digits = DRAW_DIGITS[:2] if args.quick else DRAW_DIGITS
+    lines: list[str] = []
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -382,45 +427,54 @@ def main() -> None:
             record, timings[key] = calibrate(bench, folder, key, prompts, **overrides)
             return record
 
-        default = calibration("default", one)
-        calibrated("default pipeline (1 prompt, 2 seeds)", "auto", "calibrated", default)
-        # Calibrations are draws: the same setting on other prompts. Three of each, phrasings rotated.
-        draws = [[df.prompt(d, (k + n) % len(df.TEMPLATES)) for k, d in enumerate(range(0, 10, 2))] for n in range(3)]
-        singles = [[df.prompt(d, 0)] for d in DRAW_DIGITS]
-        rows.append(draws_row(bench, "default pipeline (1 prompt, 2 seeds)", "auto",
-                              [default] + [calibration(f"default {p[0]}", p) for p in singles[1:]], budgets))
-        rows.append(draws_row(bench, f"otcache ({len(several)} prompts, 2 seeds)", "auto",
-                              [calibration(f"prompts {n}", p) for n, p in enumerate(draws)], budgets))
-        rows.append(draws_row(bench, f"otcache (1 prompt, {2 * len(several)} seeds)", "auto",
-                              [calibration(f"seeds {p[0]}", p, samples=2 * len(several)) for p in singles], budgets))
-        auto_mode = bench.pack.nodes.apply_node.AUTO_MODE
-        for mode in MODES:
-            if mode != auto_mode:  # auto_mode: the default pipeline above
-                calibrated("otcache (1 prompt, 2 seeds)", mode, "calibrated", calibration(mode, one, mode=mode))
-            calibrated("otcache (1 prompt, 2 seeds, hold only)", mode, "hold",
-                       calibration(f"{mode} hold", one, mode=mode, reuse_rules="hold"))
-            for rule in RULES:
-                rows.append(otcache_row(bench, "even", mode, rule, lambda b: even_plan(bench, b), budgets))
-            for rule in RULES[:2]:
-                rows.append(otcache_row(bench, "former generic (flux.1-dev shape)", mode, rule,
-                                        lambda b: preset_plan(bench, "flux.1-dev", b), budgets))
-            print(f"mode {mode} done at {time.perf_counter() - started:.0f} s", flush=True)
+        records = [calibration(f"draw {d}", [df.prompt(d, 0)]) for d in digits]
+        draws = [otcache_row(bench, f"default pipeline, draw '{df.prompt(d, 0)}'", "model", "calibrated",
+                             lambda b, r=r: plan_from(bench, r, b), budgets) for d, r in zip(digits, records)]
+        rows.extend(draws)
+        rows.append(mean_of(draws, f"default pipeline, mean of {len(draws)} draws", "model", "calibrated", budgets))
+        even = best_single_rule(bench, "even", lambda b: even_plan(bench, b), budgets)
+        for rule in RULES:
+            rows.append(otcache_row(bench, "even", "model", rule, lambda b: even_plan(bench, b), budgets))
+        rows.append(even)
+        for d, record, draw in zip(digits, records, draws):
+            own = best_single_rule(bench, f"draw '{df.prompt(d, 0)}' schedules", lambda b, r=record: plan_from(
+                bench, r, b), budgets, RULES[1:])
+            lines.append(f"draw '{df.prompt(d, 0)}': over even + best single rule {margins(draw, even, budgets)}")
+            lines.append(f"    over its own schedules with the best single rule {margins(draw, own, budgets)}")
+        lines.append(f"mean of draws over even + best single rule: {margins(rows[len(draws)], even, budgets)}")
+        for order in (1, 2):
+            forecaster = fixed_interval_row(bench, order)
+            rows.append(forecaster)
+            lines.append(f"mean of draws over {forecaster.method}: {margins(rows[len(draws)], forecaster, budgets)}")
+        print(f"default pipeline and baselines done at {time.perf_counter() - started:.0f} s", flush=True)
+        if args.extended:
+            rows.append(otcache_row(bench, "default pipeline, draw 'zero', blocks mode", "blocks", "calibrated",
+                                    lambda b: plan_from(bench, calibration("blocks", [df.prompt(0, 0)], mode="blocks"),
+                                                        b), budgets))
+            several = [[df.prompt(d, (k + n) % len(df.TEMPLATES)) for k, d in enumerate(range(0, 10, 2))]
+                       for n in range(3)]
+            rows.append(draws_row(bench, "5 prompts per calibration", "model",
+                                  [calibration(f"prompts {n}", p) for n, p in enumerate(several)], budgets))
     same = all(preset_plan(bench, "generic", b).resolve(bench.steps).schedule
                == even_plan(bench, b).resolve(bench.steps).schedule for b in budgets)
     print(f"generic preset: {'the same schedules as even spacing' if same else 'SCHEDULES DIFFER FROM EVEN'} "
           f"at every budget (its rows are the even rows)", flush=True)
-    if not args.quick:
+    if args.extended and not args.quick:
         model, _ = easycache_model(testbed.patcher, 0.0, 0.15, 0.95)
         exact = summarize(bench.psnrs(bench.sample(model)))
         rows.append(easycache_row(bench, budgets))
         rows[-1].note += f"; threshold 0 through the fair-run wrapper: {exact[0]:.1f} dB mean against full compute"
-    print_table(rows, budgets, df.STEPS)
-    print("\ncalibration wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print_table(rows, tuple(sorted({b for r in rows for b in r.mean}, reverse=True)), df.STEPS)
+    print("\n" + "\n".join(lines))
+    costs = [sum(r.cost["model_calls"].values()) for r in records]
+    print(f"\ncalibration model calls per draw: {costs}; wall time: " + ", ".join(
+        f"{k} {v:.0f} s" for k, v in timings.items()))
     wall = time.perf_counter() - started
     print(f"wall time: {wall:.0f} s ({wall / 60:.1f} min) on {args.threads} thread(s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [row.__dict__ for row in rows], "wall_seconds": wall,
-                                               "samples": bench.size}, indent=1))
+        Path(args.json).write_text(json.dumps({"testbed": args.testbed, "rows": [row.__dict__ for row in rows],
+                                               "margins": lines, "wall_seconds": wall, "samples": bench.size},
+                                              indent=1))
 
 
 if __name__ == "__main__":

@@ -424,7 +424,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     if validation is None:
         warnings.append("no validation samples (samples = 1): the calibrated schedules were not checked against "
                         "even spacing on samples the search never saw; use samples >= 2")
-    resumed_rows = len(checkpoint.rows) if checkpoint else 0
+    resumed_rows = len(checkpoint.for_rule(settings.edge_rule, settings.history_for(T)).rows) if checkpoint else 0
     started = time.perf_counter()
     outcome = calibrate(
         sampler, settings, distance=distance, objective_name=objective_name, name=name,

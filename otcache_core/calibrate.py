@@ -565,7 +565,8 @@ def calibrate(
     estimate = estimated_calls(settings, T, validation is not None)
     say(f"about {sum(estimate.values())} model calls in all: " + ", ".join(f"{k} {v}" for k, v in estimate.items()))
 
-    say(f"stage 1/3: full-compute trajectories ({T} steps)")
+    stages = 4 if validation is not None else 3
+    say(f"stage 1/{stages}: full-compute trajectories ({T} steps)")
     t0 = time.perf_counter()
     full = sampler.run([True] * T, record=True)
     checked_full = validation.run([True] * T) if validation is not None else None
@@ -574,7 +575,7 @@ def calibrate(
     if progress:
         progress("trajectories", 1, 1)
 
-    say(f"stage 2/3: {settings.strength} edge errors, K={settings.max_skip}, reuse rule {edge_rule} with earlier "
+    say(f"stage 2/{stages}: {settings.strength} edge errors, K={settings.max_skip}, reuse rule {edge_rule} with earlier "
         f"points {history} step(s) apart: about {estimate['edges']} model calls ({estimate['edges'] / T:.1f} full "
         "generations)")
     t0 = time.perf_counter()
@@ -605,7 +606,7 @@ def calibrate(
     say(f"reference B={settings.reference_budget} ({reference_method}, {reference_rule}): "
         f"{list(reference.compute_steps)}")
 
-    say(f"stage 3/3: anchor search at B={settings.anchor_budget}, {settings.trials} trials ({objective_name})")
+    say(f"stage 3/{stages}: anchor search at B={settings.anchor_budget}, {settings.trials} trials ({objective_name})")
     t0, before = time.perf_counter(), search.calls
     uniform_anchor = sample_warp(identity_warp(), T, settings.anchor_budget)
     _, search_rule, _ = search.best({UNIFORM: uniform_anchor}, rules)
@@ -627,6 +628,8 @@ def calibrate(
         f"under {search_rule}; best rule {anchor_rule})")
 
     if checked_full is not None:
+        say(f"stage 4/4: validation of {len(settings.validation_budgets(T))} budgets, calibrated schedule and even "
+            f"spacing under each rule, on samples no stage above saw")
         t0 = time.perf_counter()
         checking = EndToEnd(validation, checked_full.final, distance)
         choices = validate_budgets(checking, reference, anchor.schedule, settings.validation_budgets(T), rules,

@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from otcache_core.calibration import Calibration, ScheduleRecord  # noqa: E402
+from otcache_core.reuse import HORIZON2_RULE  # noqa: E402
 from otcache_core.schedule import Schedule  # noqa: E402
 from otcache_core.warp import identity_warp, sample_warp  # noqa: E402
 
@@ -137,6 +138,15 @@ SPECS: tuple[PresetSpec, ...] = (
     ),
 )
 
+PRESET_RULE = HORIZON2_RULE
+"""The reuse rule every preset runs with (OTCache Apply's ``reuse`` = ``calibrated``)."""
+PRESET_RULE_SOURCE = (
+    "measured: on the presets' schedules it was the one rule never below hold, mean or worst sample, at any "
+    "budget on three testbeds (TinyDiT, DigitFlux and its guidance-distilled student), and 3 dB or more above "
+    "hold at 14, 12 and 10 of 30 steps; linear lost to hold on the worst sample at 6 of 30 on DigitFlux "
+    "(benchmarks/RESULTS.md, reuse rules of the presets)"
+)
+
 GENERIC_STEPS, GENERIC_REFERENCE, GENERIC_ANCHOR = 41, 21, 9
 """The generic preset: evenly spaced computed steps with whole gaps (2 and 5 steps of 40), so both
 warps lie exactly on the diagonal and every budget at every step count resolves to evenly spaced
@@ -168,6 +178,8 @@ def generic_preset() -> Calibration:
         source={"kind": "rule", "method": "evenly spaced steps"},
         notes=list(GENERIC_NOTES),
         created=CREATED,
+        rule=PRESET_RULE,
+        rule_source=PRESET_RULE_SOURCE,
     )
 
 
@@ -323,6 +335,8 @@ def build_preset(data: dict[str, Any], spec: PresetSpec) -> Calibration:
         source=source,
         notes=notes,
         created=CREATED,
+        rule=PRESET_RULE,
+        rule_source=PRESET_RULE_SOURCE,
     )
 
 

@@ -85,16 +85,18 @@ def test_calibration_is_deterministic(cal, tiny_model, tmp_path):
     assert a.edge_errors == b.edge_errors
 
 
-def test_an_interrupted_calibration_resumes_without_measuring_again(cal, tiny_model, tmp_path, monkeypatch):
+def test_an_interrupted_calibration_resumes_without_measuring_again(cal, tiny_model, tmp_path, monkeypatch,
+                                                                   otcache_pack):
     import comfy.model_management
 
+    validation = len(otcache_pack.otcache_core.calibrate.CalibrationSettings(6, 2).validation_budgets(STEPS))
     m = tiny_model("flux")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     calls = {"n": 0}
 
     def interrupt_after_some_trials(value, total):
         calls["n"] += 1
-        if value >= total - 3:  # during the anchor search, three trials before the end
+        if value >= total - 3 - validation:  # during the anchor search, three trials before its end
             comfy.model_management.interrupt_current_processing(True)
 
     with pytest.raises(comfy.model_management.InterruptProcessingException):
@@ -136,40 +138,48 @@ def test_global_and_drift_strengths_cost_what_they_say(cal, tiny_model, tmp_path
     rollout = run(cal, m, tmp_path / "r")[0]
     glob = run(cal, m, tmp_path / "g", strength="global")[0]
     drift = run(cal, m, tmp_path / "d", strength="drift")[0]
-    rules = otcache_pack.otcache_core.calibrate.DEFAULT_RULES
-    assert rollout.cost["model_calls"]["edges"] == estimate("rollout", STEPS, 6, rules)
-    assert glob.cost["model_calls"]["edges"] == estimate("global", STEPS, 6, rules)
+    rule, history = rollout.edge_errors["rule"], rollout.edge_errors["history"]
+    edge_rule = otcache_pack.otcache_core.reuse.parse_rule(rule)
+    assert rollout.cost["model_calls"]["edges"] == estimate("rollout", STEPS, 6, edge_rule, history)
+    assert glob.cost["model_calls"]["edges"] == estimate("global", STEPS, 6, edge_rule, history)
     assert drift.cost["model_calls"]["edges"] == 0
     assert glob.edge_errors["strength"] == "global" and drift.edge_errors["strength"] == "drift"
 
 
-def test_calibration_measures_each_rule_with_the_full_trajectory_as_history(cal, tiny_model, otcache_pack):
-    """A replay from step i under ``linear`` reads the full trajectory's steps i-1 and i, as a run that
-    computes every step before the segment does."""
+def test_an_edge_replay_gives_the_rule_the_history_it_has_at_run_time(cal, tiny_model, otcache_pack):
+    """A replay from step i under ``linear`` with earlier points 2 steps apart computes i-2, reuses i-1 as a
+    run with that spacing would, computes i; the error the replay already had at i is not the edge's."""
     core = otcache_pack.otcache_core
+    linear = core.reuse.parse_rule("linear")
     m = tiny_model("flux")
     sampler = cal.ComfyCalibrationSampler(m.patcher, m.positive(), m.negative(), {"samples": m.make_latent()}, [0, 1],
                                           STEPS, 3.0, "euler", "simple", "model")
     full = sampler.run([True] * STEPS, record=True)
-    w, _ = core.calibrate.edge_errors_rollout(sampler, full, 4, rule="linear")
+    w, _ = core.calibrate.edge_errors_rollout(sampler, full, 4, rule=linear, history=2)
     mask = [True] * STEPS
-    mask[6:8] = [False, False]  # compute 0..5, reuse 6..7 from the secant of steps 4 and 5, compute 8
-    replay = sampler.run(mask, reuse="linear")
-    assert w[5, 8] == pytest.approx(core.metrics.relative_l1(replay.denoised[8], full.denoised[8]), rel=1e-4)
-    hold, _ = core.calibrate.edge_errors_rollout(sampler, full, 4)
-    assert w[5, 8] != pytest.approx(hold[5, 8], rel=1e-3)
+    mask[4] = mask[6] = mask[7] = False  # compute 3, reuse 4, compute 5, reuse 6..7, compute 8
+    replay = sampler.run(mask, start=3, state=full.states[3], probe=[5, 8], reuse=linear)
+    already = core.metrics.relative_l1(replay.denoised[5], full.denoised[5])
+    expected = max(0.0, core.metrics.relative_l1(replay.denoised[8], full.denoised[8]) - already)
+    assert w[5, 8] == pytest.approx(expected, rel=1e-4, abs=1e-9)
+    adjacent, _ = core.calibrate.edge_errors_rollout(sampler, full, 4, rule=linear, history=1)
+    assert w[5, 8] != pytest.approx(adjacent[5, 8], rel=1e-3)
 
 
-def test_a_calibration_records_its_rules_and_the_schedule_applies_them(otcache_pack, cal, tiny_model, tmp_path):
+def test_a_calibration_records_each_budgets_choice_and_the_schedule_applies_it(otcache_pack, cal, tiny_model,
+                                                                              tmp_path):
     m = tiny_model("flux")
     record = run(cal, m, tmp_path, mode="model")[0]
-    assert record.edge_errors["candidates"] == list(otcache_pack.otcache_core.calibrate.DEFAULT_RULES)
-    assert record.reference.rules is not None and record.anchor.rules is not None
+    assert record.edge_errors["candidates"] == [r.name for r in otcache_pack.otcache_core.calibrate.DEFAULT_RULES]
+    assert record.budgets.validated and record.budgets.samples == 1  # samples=2: one searches, one validates
     saved = json.loads((tmp_path / "tiny.json").read_text())
-    assert saved["version"] == 2 and saved["anchor"]["rules"] == list(record.anchor.rules)
+    assert saved["version"] == 3 and saved["anchor"]["rules"] == [r.name for r in record.anchor.rules]
     nodes = otcache_pack.nodes
-    budget = record.reference.schedule.budget
-    plan, _, _ = nodes.OTCacheSchedule().make("unused", STEPS, budget, "computed steps", 3.0, 0, calibration=record)
+    choice = record.budgets.choices[len(record.budgets.choices) // 2]
+    budget = choice.budget
+    plan, _, summary = nodes.OTCacheSchedule().make("unused", STEPS, budget, "computed steps", 3.0, 0,
+                                                    calibration=record)
+    assert f"at {budget} of {STEPS} steps" in summary
     reports = []
     remove = nodes.cache_hooks.add_report_listener(reports.append)
     try:
@@ -181,11 +191,8 @@ def test_a_calibration_records_its_rules_and_the_schedule_applies_them(otcache_p
                             disable_pbar=True)
     finally:
         remove()
-    expected = {}
-    for (i, j), rule in zip(record.reference.schedule.segments(), record.reference.rules):
-        if j > i + 1:
-            expected[rule] = expected.get(rule, 0) + j - i - 1
-    assert reports[-1].rules == expected
+    assert reports[-1].rules == {choice.rule.name: STEPS - budget}
+    assert len(reports[-1].computed) == budget
 
 
 def test_two_processes_share_one_anchor_study(tmp_path):
