@@ -24,6 +24,14 @@ The empty prompt is the unconditional input (the model was trained with 10 % of 
 it), so classifier-free guidance works with an empty negative. Held-out protocol: calibrate on even
 digits, evaluate on odd digits with other seeds (:func:`calibration_prompts`, :func:`evaluation_prompts`).
 
+The distilled variant (FLUX.1-dev's regime): ``load(variant="distilled")`` is a student Flux of the
+same size with a guidance embedding (``guidance_embed: True``, the architecture of FLUX.1-dev),
+distilled from this model by :mod:`tools.distill_digit_flux`: called once per step at cfg 1 with the
+strength in the conditioning's ``guidance`` (as the ``FluxGuidance`` node sets it), it gives what the
+teacher gives with classifier-free guidance at that scale. It is sampled at :data:`DISTILLED_CFG`
+with guidance :data:`DISTILLED_GUIDANCE`; its file holds only the Flux and takes the text encoder from
+the teacher's file (checked by digest).
+
 This module imports ``comfy`` only inside functions; the ComfyUI checkout must be importable and set
 to the CPU first (``tests/comfyui/conftest.py`` does both).
 """
@@ -42,6 +50,10 @@ import torch.nn.functional as F
 #: The shipped weights (text encoder and Flux in one fp16 safetensors file).
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "digit_flux.safetensors"
 WEIGHTS_FORMAT = "otcache.testbed.digit_flux"
+
+#: The guidance-distilled student (only its Flux, fp16; the text encoder is the teacher's).
+DISTILLED_WEIGHTS = WEIGHTS.with_name("digit_flux_distilled.safetensors")
+DISTILLED_FORMAT = "otcache.testbed.digit_flux.distilled"
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -71,6 +83,9 @@ FLUX_CONFIG = {
     "axes_dim": [8, 8, 8], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
 }
 
+#: The distilled student's unet config: FLUX.1-dev's architecture (a guidance embedding), else the same.
+DISTILLED_FLUX_CONFIG = {**FLUX_CONFIG, "guidance_embed": True}
+
 #: Seed of the text encoder's random weights (drawn by ``tiny_models.init_weights``; then shipped).
 CLIP_SEED = 1234
 
@@ -85,6 +100,11 @@ STEPS = 30
 CFG = 4.0
 SAMPLER = "euler"
 SCHEDULER = "simple"
+
+#: The distilled variant's setting (same steps, sampler and scheduler): cfg 1, so one model call per
+#: step, and the guidance strength it is sampled at (the teacher's cfg, which it was distilled to give).
+DISTILLED_CFG = 1.0
+DISTILLED_GUIDANCE = 4.0
 
 
 def prompt(digit: int, template: int = 0) -> str:
@@ -224,31 +244,49 @@ def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], what:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{WEIGHTS.name}: {what} weights do not fit the config "
+        raise ValueError(f"DigitFlux {what} weights do not fit the config "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 @dataclass
 class DigitFlux:
-    """The loaded testbed: the Flux ``patcher`` (clone before patching), the ``clip`` and the file metadata."""
+    """The loaded testbed: the Flux ``patcher`` (clone before patching), the ``clip``, the file metadata
+    and the sampling setting: ``cfg`` and, for the distilled variant, the ``guidance`` strength."""
 
     patcher: Any
     clip: Any
     metadata: dict[str, str]
+    cfg: float = CFG
+    guidance: float | None = None
 
     def encode(self, text: str) -> list:
         """Conditioning of ``text`` exactly as ComfyUI's ``CLIPTextEncode`` node makes it."""
         return encode(self.clip, text)
 
+    def positive(self, text: str) -> list:
+        """The positive to sample with: ``CLIPTextEncode``, then ``FluxGuidance`` at :attr:`guidance`
+        for the distilled variant (the teacher's conditioning has no guidance)."""
+        cond = self.encode(text)
+        return cond if self.guidance is None else with_guidance(cond, self.guidance)
+
     def negative(self) -> list:
-        """The unconditional input: the empty prompt."""
+        """The unconditional input: the empty prompt. The distilled variant, at cfg 1, never runs it
+        (ComfyUI skips the negative at cfg 1); it is the input its teacher was guided against."""
         return self.encode("")
 
 
 def encode(clip: Any, text: str) -> list:
     """``CLIPTextEncode``: tokenize, then encode with the CLIP's scheduled encoding."""
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def with_guidance(conditioning: list, guidance: float) -> list:
+    """``FluxGuidance``: a copy of ``conditioning`` with its ``guidance`` set, which ComfyUI's Flux
+    model (``comfy.model_base.Flux.extra_conds``) feeds to the guidance embedding."""
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, {"guidance": guidance})
 
 
 def split_state(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -258,16 +296,56 @@ def split_state(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return clip, flux
 
 
-def load(path: str | Path | None = None) -> DigitFlux:
-    """Load the shipped testbed (or ``path``), float32 on the CPU."""
+#: variant -> (its default file, its format, the tool that makes it).
+VARIANTS = {
+    "teacher": (WEIGHTS, WEIGHTS_FORMAT, "tools/train_digit_flux.py --data <mnist>"),
+    "distilled": (DISTILLED_WEIGHTS, DISTILLED_FORMAT, "tools/distill_digit_flux.py --data <mnist>"),
+}
+
+
+def _read(file: Path, variant: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a ``variant`` weight file, checked to be one."""
     from safetensors.torch import load_file, safe_open
 
-    file = Path(path) if path is not None else WEIGHTS
+    _, expected, tool = VARIANTS[variant]
     if not file.is_file():
-        raise FileNotFoundError(f"{file} is missing: train it with 'python tools/train_digit_flux.py --data <mnist>'")
+        raise FileNotFoundError(f"{file} is missing: make it with 'python {tool}'")
     with safe_open(str(file), framework="pt") as f:
         metadata = dict(f.metadata() or {})
-    if metadata.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{file} holds {metadata.get('format')!r}, expected {WEIGHTS_FORMAT!r}")
-    clip_state, flux_state = split_state(load_file(str(file)))
-    return DigitFlux(build_flux(flux_state, config=json.loads(metadata["flux_config"])), build_clip(clip_state), metadata)
+    if metadata.get("format") != expected:
+        raise ValueError(f"{file} holds {metadata.get('format')!r}, expected {expected!r} (variant {variant!r})")
+    return metadata, load_file(str(file))
+
+
+def text_encoder_digest(clip: Any) -> str:
+    """Fingerprint of the text encoder's weights (what the distilled file checks its teacher's CLIP by)."""
+    from otcache_core.testbed.train import state_digest
+
+    return state_digest(clip.cond_stage_model)
+
+
+def load(path: str | Path | None = None, variant: str = "teacher", teacher: str | Path | None = None) -> DigitFlux:
+    """Load the shipped testbed (or ``path``), float32 on the CPU.
+
+    ``variant="teacher"`` (the default) is DigitFlux itself, sampled with real CFG at :data:`CFG`;
+    ``variant="distilled"`` is its guidance-distilled student, sampled at :data:`DISTILLED_CFG` with
+    guidance :data:`DISTILLED_GUIDANCE`, whose text encoder comes from ``teacher`` (default
+    :data:`WEIGHTS`) and must be the one it was distilled with.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    if teacher is not None and variant != "distilled":
+        raise ValueError("teacher= names the text encoder's file of the distilled variant; pass variant='distilled'")
+    file = Path(path) if path is not None else VARIANTS[variant][0]
+    metadata, tensors = _read(file, variant)
+    clip_state, flux_state = split_state(tensors)
+    flux = build_flux(flux_state, config=json.loads(metadata["flux_config"]))
+    if variant == "teacher":
+        return DigitFlux(flux, build_clip(clip_state), metadata)
+    teacher_file = Path(teacher) if teacher is not None else WEIGHTS
+    clip = build_clip(split_state(_read(teacher_file, "teacher")[1])[0])
+    if text_encoder_digest(clip) != metadata["text_encoder_digest"]:
+        raise ValueError(f"{file} was distilled with another text encoder than the one in {teacher_file}: "
+                         f"pass the teacher it names ({metadata.get('teacher')}, SHA-256 "
+                         f"{metadata.get('teacher_sha256', '?')[:16]}...) or distil it again")
+    return DigitFlux(flux, clip, metadata, cfg=DISTILLED_CFG, guidance=DISTILLED_GUIDANCE)
