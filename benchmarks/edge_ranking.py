@@ -10,7 +10,9 @@ most K steps, plus even spacing, at several budgets):
   segments' edge errors; the largest one, which the leximax path minimises, in brackets) and its measured
   end-to-end error (relative L1 of the final latent against full compute), both under one rule;
 * **rules**: for each schedule, whether the edges predict the same winner between ``hold`` and ``linear``
-  as the end-to-end run does (the share of schedules where they agree).
+  as the end-to-end run does (the share of schedules where they agree);
+* **per-segment rules**: each segment given the rule whose edge error was smaller (what version-2
+  calibrations did), run end to end, against the same schedule with ``linear`` everywhere.
 
 "Before" is how calibrations measured edges until version 3: each edge replayed with the rule's earlier
 points at the adjacent steps, computed (``history = 1``). "After" is version 3: the earlier points as far
@@ -31,9 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def random_schedules(steps: int, budget: int, max_skip: int, count: int, rng: random.Random) -> list[Any]:
+def random_schedules(core: Any, steps: int, budget: int, max_skip: int, count: int,
+                     rng: random.Random) -> list[Any]:
     """``count`` distinct random schedules of ``budget`` steps with segments of at most ``max_skip`` steps."""
-    from otcache_core.schedule import Schedule
+    Schedule = core.schedule.Schedule  # noqa: N806
 
     found: dict[tuple[int, ...], Any] = {}
     for _ in range(count * 200):
@@ -46,13 +49,15 @@ def random_schedules(steps: int, budget: int, max_skip: int, count: int, rng: ra
     return list(found.values())
 
 
-def sampler_for(testbed: str) -> Any:
-    """The calibration sampler over the development samples of ``testbed``."""
+def sampler_for(testbed: str) -> tuple[Any, Any]:
+    """The calibration sampler over the development samples of ``testbed``, and the ``otcache_core`` it
+    runs with (in ComfyUI, the pack's own copy: its rule objects are the ones the sampler knows)."""
     if testbed == "tinydit":
+        import otcache_core
         from otcache_core.testbed.task import TaskConfig, load_task
 
         task = load_task(TaskConfig(steps=30, calibration_samples=8), seed=7)  # T = 30 as the ComfyUI testbeds
-        return task.sampler(task.calibration, mode="model")
+        return task.sampler(task.calibration, mode="model"), otcache_core
     sys.path.insert(0, str(REPO / "benchmarks"))
     import comfyui_fidelity as cf
 
@@ -67,7 +72,8 @@ def sampler_for(testbed: str) -> Any:
               for k, v in conds[0][0][1].items()}
     return pack.nodes.calibrate_node.ComfyCalibrationSampler(
         testbed_model.patcher, [[context, extras]], testbed_model.negative(), {"samples": df.empty_latent(1)},
-        list(cf.DEVELOPMENT_SEEDS) * len(prompts), df.STEPS, testbed_model.cfg, df.SAMPLER, df.SCHEDULER, "model")
+        list(cf.DEVELOPMENT_SEEDS) * len(prompts), df.STEPS, testbed_model.cfg, df.SAMPLER, df.SCHEDULER,
+        "model"), pack.otcache_core
 
 
 def main() -> None:
@@ -81,21 +87,19 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from otcache_core.calibrate import default_budgets, edge_errors_rollout
-    from otcache_core.graph import path_errors
-    from otcache_core.metrics import relative_l1
-    from otcache_core.reuse import HOLD_RULE, LINEAR_RULE
-    from otcache_core.warp import identity_warp, sample_warp
-
     torch.set_num_threads(1)
-    sampler = sampler_for(args.testbed)
+    sampler, core = sampler_for(args.testbed)
+    default_budgets, edge_errors_rollout = core.calibrate.default_budgets, core.calibrate.edge_errors_rollout
+    path_errors, relative_l1 = core.graph.path_errors, core.metrics.relative_l1
+    HOLD_RULE, LINEAR_RULE = core.reuse.HOLD_RULE, core.reuse.LINEAR_RULE  # noqa: N806
+    identity_warp, sample_warp = core.warp.identity_warp, core.warp.sample_warp
     T, K = sampler.steps, args.max_skip
     full = sampler.run([True] * T, record=True)
     history = round(T / default_budgets(T)[0])
     rng = random.Random(0)
     schedules = []
     for budget in (round(T / 2), round(T / 3), round(T / 5)):
-        schedules += [sample_warp(identity_warp(), T, budget), *random_schedules(T, budget, K, args.per_budget, rng)]
+        schedules += [sample_warp(identity_warp(), T, budget), *random_schedules(core, T, budget, K, args.per_budget, rng)]
     edges = {}
     for name, spacing in (("before", 1), ("after", history)):
         for rule in (HOLD_RULE, LINEAR_RULE):
@@ -117,8 +121,19 @@ def main() -> None:
             print(f"| {name} (history {1 if name == 'before' else history}) | {rule} | {total:+.3f} | {worst:+.3f} | "
                   f"{agree:.0%} |")
     wins = np.mean([measured[LINEAR_RULE][k] < measured[HOLD_RULE][k] for k in range(len(schedules))])
-    print(f"\nend to end, linear beats hold on {wins:.0%} of the schedules; wall time "
-          f"{time.perf_counter() - started:.0f} s")
+    print(f"\nend to end, linear beats hold on {wins:.0%} of the schedules")
+    for name in ("before", "after"):
+        mixed = []
+        for schedule in schedules:
+            rules = tuple(min((HOLD_RULE, LINEAR_RULE), key=lambda r: edges[(name, r)][i, j]) if j > i + 1
+                          else HOLD_RULE for i, j in schedule.segments())
+            per_step = core.reuse.step_rules(schedule, rules)
+            mixed.append(relative_l1(sampler.run(schedule.mask(), reuse=per_step).final, full.final))
+        ratio = [m / l for m, l in zip(mixed, measured[LINEAR_RULE])]
+        print(f"per-segment rules from the {name} edges against linear everywhere: worse on "
+              f"{np.mean([r > 1.0 for r in ratio]):.0%} of the schedules, error x{np.median(ratio):.2f} (median), "
+              f"x{max(ratio):.2f} (worst)")
+    print(f"wall time {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ BUDGETS = {"tinydit": (25, 17, 13, 10, 8, 6), "digitflux": (20, 16, 14, 12, 10, 
            "distilled": (20, 16, 14, 12, 10, 8, 6)}
 
 
-def tinydit_scorer(development: bool) -> tuple[int, Callable[[Any, Any], list[float]]]:
-    """``(T, score(schedule, rule) -> PSNR per sample)`` on the embedded testbed."""
+def tinydit_scorer(development: bool) -> tuple[int, Callable[[Any, Any], list[float]], Any]:
+    """``(T, score(schedule, rule) -> PSNR per sample, otcache_core)`` on the embedded testbed."""
+    import otcache_core
     from otcache_core.metrics import psnr_per_image
     from otcache_core.testbed.task import TaskConfig, decode, load_task
 
@@ -45,12 +46,12 @@ def tinydit_scorer(development: bool) -> tuple[int, Callable[[Any, Any], list[fl
     sampler = task.sampler(task.calibration if development else task.evaluation, mode="model")
     full = decode(sampler.run([True] * task.steps).final)
     return task.steps, lambda schedule, rule: psnr_per_image(decode(sampler.sample(schedule, rules=rule)),
-                                                             full).tolist()
+                                                             full).tolist(), otcache_core
 
 
-def comfy_scorer(variant: str, development: bool) -> tuple[int, Callable[[Any, Any], list[float]]]:
-    """``(T, score(schedule, rule) -> PSNR per sample)`` on DigitFlux or its distilled student, through
-    OTCache Apply and ``comfy.sample``."""
+def comfy_scorer(variant: str, development: bool) -> tuple[int, Callable[[Any, Any], list[float]], Any]:
+    """``(T, score(schedule, rule) -> PSNR per sample, otcache_core)`` on DigitFlux or its distilled student,
+    through OTCache Apply and ``comfy.sample`` (``otcache_core``: the pack's own copy)."""
     import comfyui_fidelity as cf
 
     pack, df = cf.setup(1)
@@ -63,7 +64,7 @@ def comfy_scorer(variant: str, development: bool) -> tuple[int, Callable[[Any, A
     def score(schedule, rule) -> list[float]:
         return bench.score_otcache(testbed.patcher, plan_of(schedule), "model", rule.name, schedule.budget)
 
-    return df.STEPS, score
+    return df.STEPS, score, pack.otcache_core
 
 
 def main() -> None:
@@ -79,13 +80,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     if args.testbed == "tinydit":
-        steps, score = tinydit_scorer(args.development)
+        steps, score, core = tinydit_scorer(args.development)
     else:
         sys.path.insert(0, str(REPO / "benchmarks"))
-        steps, score = comfy_scorer(args.testbed, args.development)
-    from otcache_core.plan import BudgetRule, SchedulePlan
-    from otcache_core.presets import list_presets, load_preset
-    from otcache_core.reuse import parse_rules
+        steps, score, core = comfy_scorer(args.testbed, args.development)
+    BudgetRule, SchedulePlan = core.plan.BudgetRule, core.plan.SchedulePlan  # noqa: N806
+    list_presets, load_preset, parse_rules = core.presets.list_presets, core.presets.load_preset, core.reuse.parse_rules
 
     rules = parse_rules(args.rules.split(","))
     budgets = tuple(args.budgets or BUDGETS[args.testbed])

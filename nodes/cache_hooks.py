@@ -116,7 +116,7 @@ class RunState:
         """Stop reusing for the rest of the run (every later call computes) and say why."""
         if self.disabled is None:
             self.disabled = reason
-            self.cache.notes.append(f"caching stopped: {reason}")
+            self.cache.stop(reason)
             _warn(self.config, "OTCache: %s; computing every remaining step", reason)
 
 

@@ -34,8 +34,8 @@ from ..otcache_core.calibrate import (
 from ..otcache_core.calibration import Calibration
 from ..otcache_core.anchor import open_storage, require_optuna
 from ..otcache_core.errors import OTCacheError, SaveError
-from ..otcache_core.figures import heatmap, line_plot, schedule_strips, side_by_side, stack_vertically, text_block
-from ..otcache_core.metrics import perceptual_objective, relative_l1
+from ..otcache_core.figures import heatmap, line_plot, schedule_strips, side_by_side, stack_vertically
+from ..otcache_core.metrics import perceptual_objective
 from ..otcache_core.plan import SchedulePlan
 from ..otcache_core.reuse import ReuseRule, parse_rules, segment_rules_of
 from ..otcache_core.runtime import step_index

@@ -1,7 +1,7 @@
 """A ComfyUI model's LoRAs and noise schedule, as the calibration record keeps them, and the check at run time.
 
 OTCache Calibrate records what the model carried when it was calibrated (its weight patches: LoRAs,
-LoKr, merges; and its ``model_sampling`` shift); OTCache Schedule passes that on with the plan; each
+LoKr, merges; and its ``model_sampling`` shift); the plan carries it (``SchedulePlan.made_with``); each
 sampling run with OTCache Apply compares it with the model the sampler really got (after every LoRA
 and model-sampling node, before or after Apply) and says so when they differ. The records and the
 comparison are :mod:`otcache_core.conditions`; this module only reads ComfyUI's objects.
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
-from ..otcache_core.calibration import Calibration
 from ..otcache_core.conditions import LoraRecord, ModelConditions, SamplingRecord
 from ..otcache_core.plan import SchedulePlan
 
@@ -107,28 +105,8 @@ def model_conditions(patcher: Any) -> ModelConditions:
     return ModelConditions(*read)
 
 
-@dataclass(frozen=True)
-class ConditionedPlan(SchedulePlan):
-    """A schedule plan that also carries what its calibration's model was patched with.
-
-    Kept in the ComfyUI layer as a subclass so that the core plan stays as it is; OTCache Apply takes
-    it wherever it takes a plan.
-    """
-
-    made_with: ModelConditions = field(default_factory=ModelConditions)
-
-
-def with_conditions(plan: SchedulePlan, calibration: Calibration) -> SchedulePlan:
-    """``plan`` carrying ``calibration``'s LoRA and shift record (unchanged when the file has none)."""
-    made_with = calibration.conditions
-    if not made_with.recorded:
-        return plan
-    return ConditionedPlan(**{f.name: getattr(plan, f.name) for f in fields(SchedulePlan)}, made_with=made_with)
-
-
 def conditions_note(plan: SchedulePlan, patcher: Any) -> str | None:
     """The warning for a run whose model differs from the calibrated one in LoRAs or shift, else ``None``."""
-    made_with = getattr(plan, "made_with", None)
-    if not isinstance(made_with, ModelConditions) or not made_with.recorded:
+    if not plan.made_with.recorded:
         return None
-    return made_with.mismatch_note(plan.label or "custom", model_conditions(patcher))
+    return plan.made_with.mismatch_note(plan.label or "custom", model_conditions(patcher))

@@ -15,7 +15,6 @@ from ..otcache_core.figures import schedule_strips
 from ..otcache_core.interpolation import LAMBDA_MAPPINGS
 from ..otcache_core.plan import BudgetRule, SchedulePlan
 from ..otcache_core.reuse import rules_summary
-from .model_conditions import with_conditions
 from .storage import NO_PRESETS, find_preset, load_named_preset, preset_descriptions
 
 BUDGET_AS = ("computed steps", "speedup")
@@ -113,6 +112,6 @@ class OTCacheSchedule:
 
     def make(self, preset, steps, budget, budget_as, speedup, warmup_steps, calibration=None, lambda_mapping="linear"):
         cal = calibration if calibration is not None else load_named_preset(preset)
-        plan = with_conditions(build_plan(cal, steps, budget, budget_as, speedup, warmup_steps, lambda_mapping), cal)
+        plan = build_plan(cal, steps, budget, budget_as, speedup, warmup_steps, lambda_mapping)
         text, strips = summarize(cal, plan, steps)
         return (plan, as_comfy_image(strips), text)

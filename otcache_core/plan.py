@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .calibration import UNIFORM, BudgetChoice, BudgetChoices, Calibration
+from .conditions import ModelConditions
 from .errors import ScheduleError
 from .interpolation import LAMBDA_MAPPINGS, Prediction, budget_for_fraction, predict_from_warps
 from .reuse import DEFAULT_RULE, DEFAULT_RULE_SOURCE, FALLBACKS, EdgeRules, ReuseRule
@@ -106,6 +107,8 @@ class SchedulePlan:
     rule_for_all: ReuseRule | None = None
     """One rule for every segment (a preset's); with none of the three: :data:`~otcache_core.reuse.DEFAULT_RULE`."""
     rule_source: str = ""
+    made_with: ModelConditions = field(default_factory=ModelConditions)
+    """What the calibration's model was patched with (LoRAs, shift): the host warns when the run's differs."""
 
     def __post_init__(self) -> None:
         if self.mapping not in LAMBDA_MAPPINGS:
@@ -130,6 +133,7 @@ class SchedulePlan:
             budgets=calibration.budgets,
             rule_for_all=calibration.rule,
             rule_source=calibration.rule_source,
+            made_with=calibration.conditions,
         )
 
     @classmethod
@@ -137,17 +141,12 @@ class SchedulePlan:
                       rules: tuple[ReuseRule, ...] | ReuseRule | None = None) -> SchedulePlan:
         """A plan that reproduces ``schedule`` at its own T and resamples its warp elsewhere; ``rules`` are
         its segments' reuse rules (one per segment; elsewhere the table's fallback), or one for all."""
-        reuse = None
-        if isinstance(rules, ReuseRule):
-            return cls(reference=warp_of(schedule), ref_fraction=schedule.budget / schedule.steps, anchor=None,
-                       anchor_fraction=None, source_steps=schedule.steps,
-                       rule=rule or BudgetRule("steps", schedule.budget, schedule.steps), label=label,
-                       rule_for_all=rules)
-        if rules is not None:
+        per_edge = None
+        if rules is not None and not isinstance(rules, ReuseRule):
             segments = schedule.segments()
             if len(rules) != len(segments):
                 raise ScheduleError(f"{len(rules)} reuse rules for the {len(segments)} segments of {schedule}")
-            reuse = EdgeRules(schedule.steps, tuple((i, j, r) for (i, j), r in zip(segments, rules) if j >= i + 2))
+            per_edge = EdgeRules(schedule.steps, tuple((i, j, r) for (i, j), r in zip(segments, rules) if j >= i + 2))
         return cls(
             reference=warp_of(schedule),
             ref_fraction=schedule.budget / schedule.steps,
@@ -156,7 +155,8 @@ class SchedulePlan:
             source_steps=schedule.steps,
             rule=rule or BudgetRule("steps", schedule.budget, schedule.steps),
             label=label,
-            reuse=reuse,
+            reuse=per_edge,
+            rule_for_all=rules if isinstance(rules, ReuseRule) else None,
         )
 
     def resolve(self, steps: int) -> Resolved:
@@ -194,9 +194,9 @@ class SchedulePlan:
                              f"{FALLBACKS[self.reuse.fallback]}")
             return Resolved(prediction, rules, tuple(notes), "each segment's rule from the calibration's edges",
                             fallbacks)
-        if self.rule_for_all is not None:
-            return Resolved(prediction, (self.rule_for_all,) * segments, tuple(notes),
-                            self.rule_source or "the schedule's rule")
+        if self.rule_for_all is not None:  # the summary shows where it comes from in full; the log line is short
+            source = "the rule its file states, measured" if self.rule_source else "the schedule's rule"
+            return Resolved(prediction, (self.rule_for_all,) * segments, tuple(notes), source)
         return Resolved(prediction, (DEFAULT_RULE,) * segments, tuple(notes),
                         f"the schedule names no rule: {DEFAULT_RULE_SOURCE}")
 

@@ -165,7 +165,7 @@ HORIZON2_RULE = ReuseRule(HORIZON, 2)
 
 #: The rule of a schedule that names none (a calibration from before rules, a custom schedule).
 DEFAULT_RULE = HORIZON2_RULE
-DEFAULT_RULE_SOURCE = "the measured default for schedules without rules, see benchmarks/RESULTS.md"
+DEFAULT_RULE_SOURCE = "the measured default (benchmarks/RESULTS.md, reuse rules of the presets)"
 
 
 def history_depth(rules: Iterable[ReuseRule]) -> tuple[int, int]:

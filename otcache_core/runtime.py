@@ -153,6 +153,13 @@ class StepPolicy(Protocol):
         """``True``: compute this step; ``False``: reuse the stored residual."""
         ...
 
+    def stop(self, reason: str) -> None:
+        """Reuse nothing for the rest of the run and say why in the report: later steps count as computed,
+        not as forced (nothing is missing; caching was turned off)."""
+        if not self._stopped:
+            self._stopped = True
+            self.notes.append(f"caching stopped: {reason}")
+
     def observe(self, step: int, features: Any, output: Any) -> None:
         """Called after each computed call with what the call produced."""
         ...
@@ -193,6 +200,7 @@ class CacheRun:
         self._step_depth = step_depth
         self._standins: dict[Hashable, tuple[int, torch.Tensor]] = {}  # per-step rules: once per step
         self._status: dict[int, str] = {}  # step -> "computed" | "reused" | "forced"
+        self._stopped = False
         self._calls = {True: 0, False: 0}  # reused? -> count
         self._seconds = {True: 0.0, False: 0.0}
         self._controls = {True: 0, False: 0}  # skipped? -> control-model evaluations
@@ -216,14 +224,21 @@ class CacheRun:
             self._decided.add(step)  # multi-evaluation samplers: decide once per step
             compute = bool(self.policy.decide(step, features))  # asked at step 0 too: it may record
             self._mask[step] = compute or step == 0
-        reuse = ready and not self.scheduled_compute(step)
+        reuse = ready and not self._stopped and not self.scheduled_compute(step)
         if reuse:
             self._status.setdefault(step, "reused")
-        elif self.scheduled_compute(step):
+        elif self.scheduled_compute(step) or self._stopped:
             self._status[step] = "computed"
         elif self._status.get(step) != "computed":
             self._status[step] = "forced"
         return reuse
+
+    def stop(self, reason: str) -> None:
+        """Reuse nothing for the rest of the run and say why in the report: later steps count as computed,
+        not as forced (nothing is missing; caching was turned off)."""
+        if not self._stopped:
+            self._stopped = True
+            self.notes.append(f"caching stopped: {reason}")
 
     def observe(self, step: int, features: Any, output: Any) -> None:
         """Tell the policy (if any) what a computed call at ``step`` produced."""

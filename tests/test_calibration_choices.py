@@ -259,7 +259,8 @@ def test_every_shipped_preset_states_the_rule_it_runs_with(path):
     assert cal.rule is not None and cal.rule_source
     resolved = SchedulePlan.from_calibration(cal, BudgetRule("steps", cal.anchor.schedule.budget, cal.steps)).resolve(
         cal.steps)
-    assert set(resolved.rules) == {cal.rule} and resolved.rules_source == cal.rule_source
+    assert set(resolved.rules) == {cal.rule} and resolved.rules_source == "the rule its file states, measured"
+    assert cal.rule_source in cal.summary()
 
 
 @pytest.mark.parametrize("where, value, message", [

@@ -27,7 +27,7 @@ def test_demo_writes_calibration_and_figure_and_prints_the_table(tmp_path):
     assert "| budget (of 10) |" in out and str(tmp_path.resolve()) in out
     assert [r.budget for r in result.rows] == default_budgets(10) == [5, 3, 2]
     assert all(len(r.compute_steps) == r.budget for r in result.rows)
-    assert "stage 3/3" in err  # the progress and log lines go to stderr
+    assert "stage 4/4" in err  # the progress and log lines go to stderr (the last stage: the validation)
 
 
 def test_a_second_demo_never_replaces_the_first_calibration(tmp_path):

@@ -150,3 +150,14 @@ def test_corrected_rules_follow_the_full_trajectory_more_closely_than_hold(make_
         hold = (sampler.sample(schedule) - full).abs().mean()
         linear = (sampler.sample(schedule, rules=parse_rule("linear")) - full).abs().mean()
         assert linear < hold, mode
+
+
+def test_a_stopped_run_computes_the_rest_and_says_why_without_calling_it_forced():
+    run = CacheRun(Schedule.from_steps([0, 3], 6))
+    run.store("a", torch.ones(1), 1.0)
+    assert run.plan_call(0, True) is False and run.plan_call(1, True) is True
+    run.stop("another step cache is active")
+    assert [run.plan_call(step, True) for step in range(2, 6)] == [False] * 4
+    report = run.report()
+    assert report.reused == [1] and report.computed == [0, 2, 3, 4, 5] and report.forced == []
+    assert "caching stopped: another step cache is active" in report.line() and "forced" not in report.line()

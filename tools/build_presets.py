@@ -141,10 +141,9 @@ SPECS: tuple[PresetSpec, ...] = (
 PRESET_RULE = HORIZON2_RULE
 """The reuse rule every preset runs with (OTCache Apply's ``reuse`` = ``calibrated``)."""
 PRESET_RULE_SOURCE = (
-    "measured: on the presets' schedules it was the one rule never below hold, mean or worst sample, at any "
-    "budget on three testbeds (TinyDiT, DigitFlux and its guidance-distilled student), and 3 dB or more above "
-    "hold at 14, 12 and 10 of 30 steps; linear lost to hold on the worst sample at 6 of 30 on DigitFlux "
-    "(benchmarks/RESULTS.md, reuse rules of the presets)"
+    "measured on the generic and flux.1-dev schedules of three testbeds (TinyDiT, DigitFlux and its "
+    "guidance-distilled student): never below hold, mean or worst sample, at any budget, and 5 to 13 dB above "
+    "it at 14, 12 and 10 of 30 steps (17, 13, 10 of 50); benchmarks/RESULTS.md, reuse rules of the presets"
 )
 
 GENERIC_STEPS, GENERIC_REFERENCE, GENERIC_ANCHOR = 41, 21, 9

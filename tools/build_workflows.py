@@ -511,6 +511,13 @@ class SamplingInputs:
     vae: int
 
 
+REUSE_NOTE = (
+    "Skipped steps: OTCache Apply's 'reuse' = calibrated runs the schedule's own rule (a preset's, measured: "
+    "horizon2; a calibration's, chosen end to end per budget); 'hold' is how OTCache ran before reuse rules."
+)
+"""The line every workflow's note ends with: what the skipped steps stand in with, and how to go back."""
+
+
 # --------------------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------------------
@@ -519,7 +526,7 @@ def build(spec: WorkflowSpec) -> dict:
     """The workflow JSON of ``spec``. Node ids follow creation order, so the steps below keep one order:
     note, model, text, inputs, latent, VAE, then the sampling part (one model or a split)."""
     w = Workflow()
-    w.note(spec.layout.note, spec.note_size, spec.note, "What to adjust")
+    w.note(spec.layout.note, spec.note_size, f"{spec.note}\n{REUSE_NOTE}", "What to adjust")
     model = None if spec.split else model_chain(w, spec.layout.model, spec.model, spec.shift)
     positive, negative = spec.text.add(w, TEXT_Y)
     y = TEXT_Y + spec.text.height

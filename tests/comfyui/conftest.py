@@ -159,6 +159,21 @@ def otcache_pack() -> ModuleType:
     return load_pack(REPO_ROOT, PACK_MODULE_NAME)
 
 
+@pytest.fixture
+def core(otcache_pack: ModuleType) -> ModuleType:
+    """The pack's own copy of otcache_core (what the nodes use: its classes are the ones they check)."""
+    return otcache_pack.otcache_core
+
+
+@pytest.fixture
+def reports(otcache_pack: ModuleType) -> Iterator[list]:
+    """Every run report produced while the test runs."""
+    got: list = []
+    remove = otcache_pack.nodes.cache_hooks.add_report_listener(got.append)
+    yield got
+    remove()
+
+
 @pytest.fixture(scope="session")
 def tiny() -> Iterator[ModuleType]:
     """The ``tiny_models`` module, with ComfyUI's sampling stack warmed up.

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from .test_apply_runtime import apply, core, hooks, plan_for, reports, sample  # noqa: F401  (fixtures)
+from .test_apply_runtime import apply, hooks, plan_for, sample  # noqa: F401  (hooks: a fixture)
 from .tiny_controls import (build_flux_for_controlnet, build_unet_for_controls, hint_image, load_control,
                             write_flux_controlnet, write_t2i_adapter, write_unet_controlnet)
 

@@ -72,20 +72,6 @@ PACKS = (
 )
 
 
-@pytest.fixture
-def core(otcache_pack):
-    return otcache_pack.otcache_core
-
-
-@pytest.fixture
-def reports(otcache_pack):
-    """Every run report produced while the test runs."""
-    got = []
-    remove = otcache_pack.nodes.cache_hooks.add_report_listener(got.append)
-    yield got
-    remove()
-
-
 @pytest.fixture(autouse=True)
 def quiet_peer_logs():
     """The cache-dit nodes log at INFO and print tracebacks of their own fallbacks: keep the output short."""

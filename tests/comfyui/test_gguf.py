@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from . import gguf_models as G
-from .test_apply_runtime import BlockCounter, apply, core, hooks, plan_for, reports, sample  # noqa: F401  (fixtures)
+from .test_apply_runtime import BlockCounter, apply, hooks, plan_for, sample  # noqa: F401  (hooks: a fixture)
 from .tiny_loras import save_lora
 
 PACK = "city96+ComfyUI-GGUF"

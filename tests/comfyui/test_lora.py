@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from .comfy_server import model_and_inputs, running_server, tiny_wan_state_dict
-from .test_apply_runtime import STEPS, apply, core, hooks, plan_for, reports, sample  # noqa: F401  (fixtures)
+from .test_apply_runtime import STEPS, apply, hooks, plan_for, sample  # noqa: F401  (hooks: a fixture)
 from .tiny_loras import save_lora
 
 FAMILY_MODES = [(family, mode) for family in ("flux", "wan21_t2v") for mode in ("blocks", "model")]

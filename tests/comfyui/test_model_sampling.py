@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from .test_apply_runtime import STEPS, apply, core, hooks, plan_for, reports, sample  # noqa: F401  (fixtures)
+from .test_apply_runtime import STEPS, apply, hooks, plan_for, sample  # noqa: F401  (hooks: a fixture)
 
 PARTIAL = [0, 1, 3, 6, 9]
 FAMILY_MODES = [(family, mode) for family in ("flux", "wan21_t2v") for mode in ("blocks", "model")]

@@ -150,7 +150,7 @@ def test_the_preset_list_skips_hostile_user_files_with_one_warning_each(nodes, u
     hostile = {
         "truncated.json": text[: len(text) // 2],
         "nan.json": json.dumps(dict(good, name="nan", anchor=dict(good["anchor"], score=float("nan")))),
-        "newer.json": text.replace('"version": 1', '"version": 99', 1),
+        "newer.json": json.dumps(dict(good, version=99)),
         "huge-steps.json": text.replace('"steps": 50', '"steps": 100000000000000000000000', 1),
         "deep.json": text.replace('"notes": [', '"notes": [' + "[" * 5000 + "]" * 5000 + ",", 1),
         "latin1.json": text.replace("my flux", "caf\u00e9"),

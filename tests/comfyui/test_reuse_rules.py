@@ -18,22 +18,10 @@ from .test_apply_runtime import ALL_FAMILIES, BLOCK_FAMILIES, FAMILY_MODES, STEP
 COMPUTED = [0, 1, 4, 9]
 
 
-@pytest.fixture
-def core(otcache_pack):
-    return otcache_pack.otcache_core
-
-
-@pytest.fixture
-def reports(otcache_pack):
-    got = []
-    remove = otcache_pack.nodes.cache_hooks.add_report_listener(got.append)
-    yield got
-    remove()
-
-
 def plan_with_rules(core, compute_steps, rules, steps=STEPS):
     schedule = core.schedule.Schedule.from_steps(compute_steps, steps)
-    return core.plan.SchedulePlan.from_schedule(schedule, label="test", rules=tuple(rules))
+    return core.plan.SchedulePlan.from_schedule(schedule, label="test",
+                                                rules=tuple(core.reuse.parse_rule(r) for r in rules))
 
 
 class OutputSpy:
@@ -120,7 +108,7 @@ def test_blocks_mode_extrapolates_each_stage_residual_at_the_calls_sigma(otcache
 def test_the_rule_changes_the_output_and_the_log_line_names_it(otcache_pack, core, tiny_model, caplog):
     m = tiny_model("flux")
     plan = plan_for(core, COMPUTED)
-    hold = sample(m, apply(otcache_pack, m, plan, "model"))
+    hold = sample(m, apply(otcache_pack, m, plan, "model", reuse="hold"))
     with caplog.at_level(logging.INFO, logger="OTCache"):
         linear = sample(m, apply(otcache_pack, m, plan, "model", reuse="linear"))
     assert not torch.equal(hold, linear)
@@ -187,7 +175,9 @@ def version_1_calibration(steps=STEPS) -> dict:
     }
 
 
-def test_an_old_calibration_file_still_loads_and_holds_bit_for_bit(otcache_pack, tiny_model, tmp_path, reports):
+def test_an_old_calibration_file_loads_runs_with_the_default_rule_and_holds_one_choice_away(otcache_pack, core,
+                                                                                           tiny_model, tmp_path,
+                                                                                           reports):
     import folder_paths
 
     nodes = otcache_pack.nodes
@@ -203,20 +193,24 @@ def test_an_old_calibration_file_still_loads_and_holds_bit_for_bit(otcache_pack,
         plan, _, summary = nodes.OTCacheSchedule().make(name, STEPS, 4, "computed steps", 3.0, 0)
     finally:
         folder_paths.set_user_directory(old_user)
-    assert "every reused step holds" in summary
-    (calibrated,) = nodes.OTCacheApply().apply(m.patcher, plan, "model", 0.0, 1.0)
-    out = sample(m, calibrated)
-    assert any("measured none" in n for n in reports[-1].notes) and set(reports[-1].rules) == {"hold"}
+    default = core.reuse.DEFAULT_RULE
+    assert f"it runs with {default}" in summary
+    sample(m, nodes.OTCacheApply().apply(m.patcher, plan, "model", 0.0, 1.0)[0])
+    assert any("names no rule" in n for n in reports[-1].notes) and set(reports[-1].rules) == {default.name}
     (hold,) = nodes.OTCacheApply().apply(m.patcher, plan, "model", 0.0, 1.0, "hold")
-    assert torch.equal(out, sample(m, hold))
+    schedule = plan.resolve(STEPS).schedule
+    before_rules = core.plan.SchedulePlan.from_schedule(schedule, rules=core.reuse.HOLD_RULE)  # what it ran before
+    assert torch.equal(sample(m, hold), sample(m, apply(otcache_pack, m, before_rules, "model")))
 
 
-def test_a_shipped_preset_holds(otcache_pack, tiny_model, reports):
+def test_a_shipped_preset_runs_with_the_rule_it_states(otcache_pack, core, tiny_model, reports):
     nodes = otcache_pack.nodes
     m = tiny_model("flux")
-    plan, _, _ = nodes.OTCacheSchedule().make("flux.1-dev", STEPS, 4, "computed steps", 3.0, 0)
+    plan, _, summary = nodes.OTCacheSchedule().make("flux.1-dev", STEPS, 4, "computed steps", 3.0, 0)
     sample(m, nodes.OTCacheApply().apply(m.patcher, plan, "auto", 0.0, 1.0)[0])
-    assert set(reports[-1].rules) == {"hold"}
+    stated = plan.rule_for_all
+    assert stated is not None and set(reports[-1].rules) == {stated.name}
+    assert f"reuse rule {stated} for every segment" in summary
 
 
 def test_a_bad_reuse_choice_names_the_input(otcache_pack, core, tiny_model):

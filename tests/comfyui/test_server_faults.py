@@ -65,8 +65,9 @@ def interrupted(result: dict) -> bool:
 
 
 def edge_rows(work: Path) -> int:
-    files = list(work.glob("*.edges.json"))
-    return len(json.loads(files[0].read_text())["rows"]) if files else 0
+    """Edge rows checkpointed so far (one file per rule and spacing: the calibration measures one)."""
+    files = list(work.glob("*.edges*.json"))
+    return max((len(json.loads(f.read_text())["rows"]) for f in files), default=0)
 
 
 @functools.lru_cache
@@ -117,7 +118,7 @@ def test_an_interrupted_calibration_resumes_to_the_uninterrupted_result(fresh_co
     server.run(calibration_prompt("fresh", counter))
     fresh_calls = calls() - start
     fresh = json.loads((server.base / "user" / "otcache" / "fresh.json").read_text())
-    for checkpoint in work.glob("*.edges.json"):  # same settings: the next run would reuse its rows
+    for checkpoint in work.glob("*.edges*.json"):  # same settings: the next run would reuse its rows
         checkpoint.unlink()
 
     prompt = calibration_prompt(NAME, counter)
@@ -138,7 +139,7 @@ def test_an_interrupted_calibration_resumes_to_the_uninterrupted_result(fresh_co
     resumed = json.loads((server.base / "user" / "otcache" / f"{NAME}.json").read_text())
 
     print(f"model calls: fresh {fresh_calls}; interrupted runs {interrupted_calls} (edge stage stopped after "
-          f"{rows_at_interrupt} of {STEPS - 1} hold rows, anchor after {trials_at_interrupt} of {TRIALS} trials); "
+          f"{rows_at_interrupt} of {STEPS - 1} rows, anchor after {trials_at_interrupt} of {TRIALS} trials); "
           f"resumed run {resumed_calls}")
     assert resumed_calls < fresh_calls
     assert resumed["cost"]["model_calls"]["edges"] == 0 < fresh["cost"]["model_calls"]["edges"]
