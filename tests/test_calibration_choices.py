@@ -143,15 +143,37 @@ def test_without_validation_samples_the_reference_and_anchor_are_the_only_choice
     assert not cal.budgets.validated and "no validation samples" in cal.summary()
 
 
+def pooled(choices, kind: str, budget: int, window: int):
+    """The rule with the smallest geometric mean distance of ``kind`` over the budgets within ``window``."""
+    import math
+
+    def score(choice, rule):
+        return choice.scores.get(score_key(kind, rule), choice.scores.get(score_key("calibrated", rule)))
+
+    near = [c for c in choices if abs(c.budget - budget) <= window]
+    return min(RULES, key=lambda r: sum(math.log(score(c, r)) for c in near))
+
+
 def test_each_budget_keeps_the_calibrated_schedule_only_where_it_is_clearly_closer_than_even_spacing(validated):
-    cal, margin = validated.calibration, settings().uniform_margin
+    cal, margin, window = validated.calibration, settings().uniform_margin, settings().rule_window
     assert [c.budget for c in cal.budgets.choices] == settings().validation_budgets(T)
     for choice in cal.budgets.choices:
-        best = {kind: min(v for k, v in choice.scores.items() if k.startswith(kind)) for kind in ("calibrated", "uniform")
-                if any(k.startswith(kind) for k in choice.scores)}
-        assert choice.scores[score_key(choice.schedule, choice.rule)] == best[choice.schedule]  # its best rule
-        if "uniform" in best:
-            assert (choice.schedule == "calibrated") == (best["calibrated"] <= (1 - margin) * best["uniform"])
+        rule = {kind: pooled(cal.budgets.choices, kind, choice.budget, window) for kind in ("calibrated", "uniform")}
+        assert choice.rule == rule[choice.schedule]  # the rule its neighbouring budgets voted for
+        if any(k.startswith("uniform") for k in choice.scores):
+            closer = choice.scores[score_key("calibrated", rule["calibrated"])] <= (1 - margin) * choice.scores[
+                score_key("uniform", rule["uniform"])]
+            assert (choice.schedule == "calibrated") == closer
+
+
+def test_one_budgets_noisy_vote_does_not_flip_the_rule_its_neighbours_agree_on():
+    from otcache_core.calibrate import pooled_rule
+
+    linear, horizon = parse_rules(["linear", "horizon2"])
+    measured = {b: {"calibrated linear": 1.0, "calibrated horizon2": 2.0} for b in range(4, 11)}
+    measured[7] = {"calibrated linear": 1.0, "calibrated horizon2": 0.95}  # alone it would pick horizon2
+    assert pooled_rule(measured, "calibrated", 7, (linear, horizon), window=2) == linear
+    assert pooled_rule(measured, "calibrated", 7, (linear, horizon), window=0) == horizon
 
 
 def test_every_validation_score_is_the_end_to_end_distance_on_the_validation_samples(validated, make_sampler):
