@@ -131,6 +131,8 @@ def test_comfy_cli_registry_zip_holds_the_pack_without_its_git_folder(registry_z
             "LICENSE"} <= names
     assert {n for n in tracked if n.startswith(("nodes/", "otcache_core/", "schedules/", "workflows/"))} <= names
     assert not any(n.startswith(".git/") for n in names)
+    # .comfyignore: what only develops or measures the pack stays out (the test weights are most of it)
+    assert not any(n.startswith(("tests/", "benchmarks/", "tools/", ".ci/")) for n in names)
 
 
 def test_comfy_cli_registry_zip_unpacked_into_custom_nodes_registers_the_nodes(registry_zip, pack_loader, tmp_path):
