@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run all three stages on the embedded testbed model")
     p.add_argument("--out", default="otcache_out", help="output folder (default: otcache_out)")
-    p.add_argument("--quick", action="store_true", help="smaller run, under a minute")
+    p.add_argument("--quick", action="store_true", help="smaller run (half the samples and trials)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("bench", help="fidelity benchmark on the testbed (prints a markdown table)")

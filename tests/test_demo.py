@@ -30,6 +30,16 @@ def test_demo_writes_calibration_and_figure_and_prints_the_table(tmp_path):
     assert "stage 4/4" in err  # the progress and log lines go to stderr (the last stage: the validation)
 
 
+def test_each_demo_row_says_which_schedule_and_rule_it_ran(tmp_path):
+    result, out, _ = run_tiny(tmp_path)
+    calibration = Calibration.load(result.calibration_path)
+    for row in result.rows:
+        choice = calibration.budgets.nearest(row.budget / 10, 10)
+        schedule = "even spacing" if choice.schedule == "uniform" else "calibrated"
+        assert row.rule == str(choice.rule)
+        assert f"| {row.budget} | {schedule} + {choice.rule} |" in out
+
+
 def test_a_second_demo_never_replaces_the_first_calibration(tmp_path):
     first, _, _ = run_tiny(tmp_path)
     before = first.calibration_path.read_text()
