@@ -22,7 +22,8 @@ Methods, each at exactly B computed steps of 30 (checked from OTCache's run repo
   calibration prompt connected as the positive. A calibration is a draw, so there are five, one per
   even digit ("a handwritten digit zero", "two", ... "eight"): each draw's mean PSNR, the mean over
   draws and the worst sample of all; each draw also against **its own schedules with the best single
-  rule** (the calibration's schedules, OTCache Apply's ``reuse`` set to one rule for all segments);
+  rule** (the calibration's schedules, OTCache Apply's ``reuse`` set to one rule for all segments),
+  and what it runs at each budget (the schedule and rule its validation chose);
 * **even**: evenly spaced computed steps (= the shipped ``generic`` preset, checked at every budget)
   with each single rule; "best single rule" is the best of them at each budget, on these very samples
   (an advantage no calibration has);
@@ -345,6 +346,15 @@ def margins(ours: Row, other: Row, budgets: tuple[int, ...]) -> str:
                      for b in budgets if b in ours.mean and b in other.mean)
 
 
+def what_runs(bench: Bench, calibration: Any, budgets: tuple[int, ...]) -> str:
+    """What a calibration runs at each budget: the schedule its validation chose and the rule."""
+    def one(budget: int) -> str:
+        resolved = plan_from(bench, calibration, budget).resolve(bench.steps)
+        schedule = "even" if resolved.prediction.regime == "uniform" else "calibrated"
+        return f"B={budget} {schedule} + {resolved.rules[0] if resolved.rules else 'none'}"
+    return ", ".join(one(b) for b in budgets)
+
+
 def even_plan(bench: Bench, budget: int) -> Any:
     core = bench.pack.otcache_core
     schedule = core.warp.sample_warp(core.warp.identity_warp(), bench.steps, budget)
@@ -439,8 +449,10 @@ def main() -> None:
         for d, record, draw in zip(digits, records, draws):
             own = best_single_rule(bench, f"draw '{df.prompt(d, 0)}' schedules", lambda b, r=record: plan_from(
                 bench, r, b), budgets, RULES[1:])
-            lines.append(f"draw '{df.prompt(d, 0)}': over even + best single rule {margins(draw, even, budgets)}")
-            lines.append(f"    over its own schedules with the best single rule {margins(draw, own, budgets)}")
+            lines.append(f"draw '{df.prompt(d, 0)}' runs {what_runs(bench, record, budgets)}")
+            lines.append(f"    over even + best single rule {margins(draw, even, budgets)}")
+            lines.append(f"    over its own schedules with the best single rule {margins(draw, own, budgets)}"
+                         f" (best: {own.note.strip().rstrip(';')})")
         lines.append(f"mean of draws over even + best single rule: {margins(rows[len(draws)], even, budgets)}")
         for order in (1, 2):
             forecaster = fixed_interval_row(bench, order)
