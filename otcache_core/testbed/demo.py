@@ -220,8 +220,8 @@ def format_table(rows: Sequence[DemoRow], steps: int) -> str:
         # where the validation chose even spacing the two columns measure the same schedule: say so
         schedule = "even spacing" if r.regime == "uniform" else "calibrated"
         lines.append(
-            f"| {r.budget} | {schedule} + {r.rule} | {r.speedup_ideal:.2f}x | {r.speedup_measured:.2f}x | {r.otcache.psnr:.2f} | "
-            f"{r.otcache.ssim:.4f} | {r.uniform.psnr:.2f} | {r.uniform.ssim:.4f} |"
+            f"| {r.budget} | {schedule} + {r.rule} | {r.speedup_ideal:.2f}x | {r.speedup_measured:.2f}x | "
+            f"{r.otcache.psnr:.2f} | {r.otcache.ssim:.4f} | {r.uniform.psnr:.2f} | {r.uniform.ssim:.4f} |"
         )
     return "\n".join(lines)
 
