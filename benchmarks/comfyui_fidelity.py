@@ -350,7 +350,7 @@ def what_runs(bench: Bench, calibration: Any, budgets: tuple[int, ...]) -> str:
     """What a calibration runs at each budget: the schedule its validation chose and the rule."""
     def one(budget: int) -> str:
         resolved = plan_from(bench, calibration, budget).resolve(bench.steps)
-        schedule = "even" if resolved.prediction.regime == "uniform" else "calibrated"
+        schedule = "even" if resolved.prediction.regime == bench.pack.otcache_core.calibration.UNIFORM else "calibrated"
         return f"B={budget} {schedule} + {resolved.rules[0] if resolved.rules else 'none'}"
     return ", ".join(one(b) for b in budgets)
 

@@ -697,8 +697,7 @@ def validate_budgets(run: EndToEnd, reference: Schedule, anchor: Schedule, budge
         calibrated = predict(reference, anchor, steps, budget).schedule
         uniform = sample_warp(identity_warp(), steps, budget)
         kinds = {CALIBRATED: calibrated, **({UNIFORM: uniform} if uniform != calibrated else {})}
-        measured[budget] = {score_key(kind, rule): run(schedule, rule) for kind, schedule in kinds.items()
-                            for rule in rules}
+        measured[budget] = run.best(kinds, rules)[2]
         if progress:
             progress("validation", n + 1, len(budgets))
     choices = []

@@ -172,7 +172,7 @@ class SchedulePlan:
             notes.append(f"budget {self.rule.describe()} -> {B} of {T} steps")
         choice = self.budgets.nearest(B / T, self.source_steps) if self.budgets is not None else None
         if choice is not None and choice.schedule == UNIFORM:
-            prediction = Prediction(sample_warp(identity_warp(), T, B, warmup=warmup), 0.0, 0.0, False, "uniform")
+            prediction = Prediction(sample_warp(identity_warp(), T, B, warmup=warmup), 0.0, 0.0, False, UNIFORM)
         elif self.anchor is None or self.anchor_fraction is None:
             schedule = sample_warp(self.reference, T, B, warmup=warmup)
             regime = "reference" if abs(B / T - self.ref_fraction) < 1e-12 else "between"

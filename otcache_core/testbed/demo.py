@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..calibrate import CalibrationSettings, calibrate, default_budgets
-from ..calibration import Calibration
+from ..calibration import UNIFORM, Calibration
 from ..errors import OTCacheError
 from ..figures import BACKGROUND, TEXT, _font, _text_width, schedule_strips, stack_vertically, text_block
 from ..plan import BudgetRule, SchedulePlan
@@ -218,7 +218,7 @@ def format_table(rows: Sequence[DemoRow], steps: int) -> str:
     ]
     for r in rows:
         # where the validation chose even spacing the two columns measure the same schedule: say so
-        schedule = "even spacing" if r.regime == "uniform" else "calibrated"
+        schedule = "even spacing" if r.regime == UNIFORM else "calibrated"
         lines.append(
             f"| {r.budget} | {schedule} + {r.rule} | {r.speedup_ideal:.2f}x | {r.speedup_measured:.2f}x | "
             f"{r.otcache.psnr:.2f} | {r.otcache.ssim:.4f} | {r.uniform.psnr:.2f} | {r.uniform.ssim:.4f} |"
