@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from ..otcache_core.calibration import Calibration
 from ..otcache_core.anchor import open_storage, require_optuna
 from ..otcache_core.errors import OTCacheError, SaveError
 from ..otcache_core.figures import heatmap, line_plot, schedule_strips, side_by_side, stack_vertically
-from ..otcache_core.metrics import perceptual_objective
+from ..otcache_core.metrics import perceptual_objective, ssim
+from ..otcache_core.quality import IMAGES, LATENTS, FiguresFn, SampleFigures, per_sample_psnr
 from ..otcache_core.plan import SchedulePlan
 from ..otcache_core.reuse import ReuseRule, parse_rules, segment_rules_of
 from ..otcache_core.runtime import step_index
@@ -172,29 +174,51 @@ class ComfyCalibrationSampler:
         return result
 
 
-def latent_objective(vae: Any, model: Any) -> tuple[str, Callable[[torch.Tensor, torch.Tensor], float], str]:
-    """The anchor's end-to-end distance: on decoded images with a VAE (LPIPS, else 1 - SSIM), else latents."""
+@dataclass(frozen=True)
+class CalibrationObjective:
+    """The end-to-end distance a calibration minimises, and the per-sample figures its validation keeps."""
+
+    name: str
+    distance: Callable[[torch.Tensor, torch.Tensor], float]
+    figures: FiguresFn | None
+    """``None``: figures of the latents (no decoder)."""
+    space: str
+    note: str = ""
+
+
+def calibration_objective(vae: Any, model: Any) -> CalibrationObjective:
+    """On decoded images with a VAE (LPIPS, else 1 - SSIM; PSNR and SSIM per image in [0, 1]), else on latents."""
     if vae is None:
         objective = perceptual_objective("latent", images=False)
-        return objective.name, objective.distance, "no VAE connected: the anchor objective is the latent error"
+        return CalibrationObjective(objective.name, objective.distance, None, LATENTS,
+                                    "no VAE connected: the anchor objective is the latent error and the expected "
+                                    "PSNR is measured on latents; connect the VAE for PSNR of decoded images")
     objective = perceptual_objective("lpips", images=True)
     latent_format = model.model.latent_format
-    decoded: dict[int, torch.Tensor] = {}
+    recent: list[tuple[torch.Tensor, torch.Tensor]] = []  # (latent, its images): each final is decoded once
 
     def images(latent: torch.Tensor) -> torch.Tensor:
-        key = id(latent)
-        if key not in decoded:
+        found = [pair for pair in recent if pair[0] is latent]
+        if found:
+            pixels = found[0][1]
+        else:
             pixels = vae.decode(latent_format.process_out(latent.float()))
             pixels = pixels.reshape(-1, *pixels.shape[-3:]).movedim(-1, 1).float().cpu()
-            decoded[key] = pixels
-        return decoded[key]
+        # least recently used last: the full final and the run being scored stay decoded
+        recent[:] = [(latent, pixels), *[pair for pair in recent if pair[0] is not latent][:2]]
+        return pixels
 
     def distance(cached: torch.Tensor, full: torch.Tensor) -> float:
-        cached_images = vae.decode(latent_format.process_out(cached.float()))
-        cached_images = cached_images.reshape(-1, *cached_images.shape[-3:]).movedim(-1, 1).float().cpu()
-        return objective.distance(cached_images, images(full))
+        return objective.distance(images(cached), images(full))
 
-    return objective.name, distance, objective.note
+    def figures(cached: torch.Tensor, full: torch.Tensor) -> SampleFigures:
+        a, b = images(cached), images(full)
+        rows = [(a[i : i + 1], b[i : i + 1]) for i in range(b.shape[0])]
+        per = tuple(objective.distance(x, y) for x, y in rows)
+        return SampleFigures(per, per_sample_psnr(a.clamp(0, 1), b.clamp(0, 1), 1.0),
+                             tuple(ssim(x, y) for x, y in rows), per if objective.name == "lpips" else None)
+
+    return CalibrationObjective(objective.name, distance, figures, IMAGES, objective.note)
 
 
 def _fingerprint(model: Any, positives: Sequence[Any], negative: Any, latent: torch.Tensor) -> str:
@@ -418,7 +442,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     log.info("OTCache Calibrate: about %d model calls in all (%s) for each of %d prompt(s), with %d search and %d "
              "validation seed(s)", sum(estimate.values()), ", ".join(f"{k} {v}" for k, v in estimate.items()),
              len(positives), len(search_seeds), len(check_seeds))
-    objective_name, distance, objective_note = latent_objective(vae, model)
+    objective = calibration_objective(vae, model)
     checkpoint, storage_url, warnings = resumable_state(folder / ".work", key, T, storage)
     settings.storage, settings.study_name = storage_url, f"{name}-{key}-{settings_key(rules, 'end-to-end rules')}"
     if validation is None:
@@ -427,17 +451,17 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
     resumed_rows = len(checkpoint.for_rule(settings.edge_rule, settings.history_for(T)).rows) if checkpoint else 0
     started = time.perf_counter()
     outcome = calibrate(
-        sampler, settings, distance=distance, objective_name=objective_name, name=name,
+        sampler, settings, distance=objective.distance, objective_name=objective.name, name=name,
         model={**identity, "families": [identity["family"]], **model_conditions(model).to_record()},
         sampler_info={"sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "steps": T, "seeds": search_seeds,
                       "validation_seeds": check_seeds, "prompts": prompt_labels,
                       "latent_shape": list(sampler.latent_image.shape[1:]), "mode": mode},
         progress=on_progress, checkpoint=checkpoint, log=lambda msg: log.info("OTCache Calibrate: %s", msg),
-        validation=validation,
+        validation=validation, figures=objective.figures, figures_space=objective.space,
     )
     record = outcome.calibration
-    if objective_note:
-        record.notes.append(objective_note)
+    if objective.note:
+        record.notes.append(objective.note)
     if resumed_rows:
         record.notes.append(f"resumed: {resumed_rows} edge rows measured by an earlier, interrupted run")
     if outcome.anchor.resumed_trials:
@@ -459,7 +483,7 @@ def run_calibration(model: Any, positive: Any, negative: Any, latent: dict, *, s
         f"other seed(s): {', '.join(prompt_labels)}",
         f"edge strength {strength} (K={max_segment}), reuse rules tried {', '.join(map(str, rules))}: estimated "
         f"{sum(estimate.values())} calls before it ran",
-        f"reference worst segment {record.reference.score:.4g}; anchor {objective_name} {record.anchor.score:.4g} "
+        f"reference worst segment {record.reference.score:.4g}; anchor {objective.name} {record.anchor.score:.4g} "
         f"over {record.anchor.details.get('trials')} trials",
         *warnings,
         *([saved] if path else []),

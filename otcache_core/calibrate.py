@@ -46,7 +46,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +62,7 @@ from .graph import path_errors, solve_reference
 from .jsonfile import finite_number, load_json, require, save_json, short_repr
 from .metrics import relative_l1
 from .interpolation import predict
+from .quality import LATENTS, FiguresFn, SampleFigures, expected_quality, latent_figures
 from .reuse import HOLD_RULE, HORIZON2_RULE, LINEAR_RULE, ReuseRule
 from .runtime import CacheRun
 from .schedule import Schedule
@@ -517,13 +518,17 @@ class CalibrationOutcome:
 
 class EndToEnd:
     """Runs whole schedules under one rule on one batch and scores them against its full-compute final,
-    remembering every score (the same schedule and rule never run twice) and counting model calls."""
+    remembering every score (the same schedule and rule never run twice) and counting model calls.
+
+    With ``figures``, each run's per-sample figures (PSNR, the objective per sample, ...) are kept too
+    (:meth:`figures_of`): the validation states the expected quality of each budget from them."""
 
     def __init__(self, sampler: Sampler, full_final: torch.Tensor,
-                 distance: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
-        self.sampler, self.full_final, self.distance = sampler, full_final, distance
+                 distance: Callable[[torch.Tensor, torch.Tensor], float], figures: FiguresFn | None = None) -> None:
+        self.sampler, self.full_final, self.distance, self.figures = sampler, full_final, distance, figures
         self.calls = 0
         self._scores: dict[tuple[Schedule, ReuseRule], float] = {}
+        self._figures: dict[tuple[Schedule, ReuseRule], SampleFigures] = {}
 
     def __call__(self, schedule: Schedule, rule: ReuseRule) -> float:
         key = (schedule, rule)
@@ -531,7 +536,13 @@ class EndToEnd:
             result = self.sampler.run(schedule.mask(), reuse=rule)
             self.calls += result.model_calls
             self._scores[key] = self.distance(result.final, self.full_final)
+            if self.figures is not None:
+                self._figures[key] = self.figures(result.final, self.full_final)
         return self._scores[key]
+
+    def figures_of(self, schedule: Schedule, rule: ReuseRule) -> SampleFigures | None:
+        """The per-sample figures of a pair already run (``None`` without ``figures``)."""
+        return self._figures.get((schedule, rule))
 
     def best(self, schedules: dict[str, Schedule], rules: Sequence[ReuseRule]) -> tuple[str, ReuseRule, dict[str, float]]:
         """The ``(schedule name, rule)`` pair with the smallest distance (ties: the earlier name, then the
@@ -555,13 +566,17 @@ def calibrate(
     checkpoint: EdgeCheckpoint | None = None,
     log: Callable[[str], None] | None = None,
     validation: Sampler | None = None,
+    figures: FiguresFn | None = None,
+    figures_space: str = LATENTS,
 ) -> CalibrationOutcome:
     """Run the three stages, then the validation, and return the calibration record.
 
     ``distance(cached_final, full_final)`` is the end-to-end objective (lower is better), e.g. LPIPS on
     decoded images; ``objective_name`` is stored in the record. ``validation`` samples the validation
     samples (same steps; no other stage sees them): without it the reference and the anchor are the
-    only budgets the record has a choice for, measured on the search samples.
+    only budgets the record has a choice for, measured on the search samples. ``figures`` gives the
+    validation's per-sample figures (PSNR on decoded images, the objective per sample; ``figures_space``
+    says what they were measured on); by default PSNR on the latents and ``distance`` per sample.
     """
     T = sampler.steps
     settings.validate(T)
@@ -640,9 +655,10 @@ def calibrate(
         say(f"stage 4/4: validation of {len(settings.validation_budgets(T))} budgets, calibrated schedule and even "
             f"spacing under each rule, on samples no stage above saw")
         t0 = time.perf_counter()
-        checking = EndToEnd(validation, checked_full.final, distance)
+        checking = EndToEnd(validation, checked_full.final, distance, figures or latent_figures(distance))
         choices = validate_budgets(checking, reference, anchor.schedule, settings.validation_budgets(T), rules,
-                                   settings.uniform_margin, settings.rule_window, progress)
+                                   settings.uniform_margin, settings.rule_window, progress,
+                                   figures_space if figures else LATENTS)
         cost_calls["validation"], cost_seconds["validation"] = checking.calls, time.perf_counter() - t0
         budgets = BudgetChoices(choices, objective_name, int(checked_full.final.shape[0]), True)
         for choice in budgets.choices:
@@ -682,25 +698,43 @@ def calibrate(
 
 def validate_budgets(run: EndToEnd, reference: Schedule, anchor: Schedule, budgets: Sequence[int],
                      rules: Sequence[ReuseRule], margin: float = UNIFORM_MARGIN, window: int = RULE_WINDOW,
-                     progress: Progress | None = None) -> tuple[BudgetChoice, ...]:
+                     progress: Progress | None = None, space: str = LATENTS) -> tuple[BudgetChoice, ...]:
     """At each of ``budgets``, the calibrated schedule (the interpolation of ``reference`` and ``anchor``)
-    and even spacing, each under every rule, end to end on the samples ``run`` samples.
+    and even spacing, each under every rule, end to end on the samples ``run`` samples; what each budget
+    runs is :func:`choose_pairs`. Where ``run`` keeps per-sample figures, each choice carries the
+    budget's expected quality (leave-one-out, :func:`otcache_core.quality.expected_quality`; ``space``:
+    what the figures were measured on).
+    """
+    steps = reference.steps
+    measured: dict[int, dict[str, float]] = {}
+    runs: dict[int, dict[str, Schedule]] = {}
+    for n, budget in enumerate(budgets):
+        calibrated = predict(reference, anchor, steps, budget).schedule
+        uniform = sample_warp(identity_warp(), steps, budget)
+        runs[budget] = {CALIBRATED: calibrated, **({UNIFORM: uniform} if uniform != calibrated else {})}
+        measured[budget] = run.best(runs[budget], rules)[2]
+        if progress:
+            progress("validation", n + 1, len(budgets))
+    figures = {b: {score_key(kind, rule): run.figures_of(schedule, rule)
+                   for kind, schedule in kinds.items() for rule in rules} for b, kinds in runs.items()}
+    expected = {}
+    if all(f is not None for pairs in figures.values() for f in pairs.values()):
+        expected = expected_quality(figures, lambda scores: choose_pairs(scores, rules, margin, window),
+                                    lambda pair: score_key(*pair), space)
+    return tuple(BudgetChoice(budget, kind, rule, measured[budget], expected.get(budget))
+                 for budget, (kind, rule) in choose_pairs(measured, rules, margin, window).items())
+
+
+def choose_pairs(measured: Mapping[int, Mapping[str, float]], rules: Sequence[ReuseRule], margin: float = UNIFORM_MARGIN,
+                 window: int = RULE_WINDOW) -> dict[int, tuple[str, ReuseRule]]:
+    """What each validated budget runs, from its scores ``{score key: distance}``.
 
     Each schedule's rule at budget ``B`` is the one with the smallest geometric mean distance over that
     schedule at the budgets within ``window`` of ``B`` (:func:`pooled_rule`). The budget runs the
     calibrated schedule with its rule if that comes ``margin`` (a share) closer to full compute than even
     spacing with its rule, otherwise even spacing with its rule.
     """
-    steps = reference.steps
-    measured: dict[int, dict[str, float]] = {}
-    for n, budget in enumerate(budgets):
-        calibrated = predict(reference, anchor, steps, budget).schedule
-        uniform = sample_warp(identity_warp(), steps, budget)
-        kinds = {CALIBRATED: calibrated, **({UNIFORM: uniform} if uniform != calibrated else {})}
-        measured[budget] = run.best(kinds, rules)[2]
-        if progress:
-            progress("validation", n + 1, len(budgets))
-    choices = []
+    chosen = {}
     for budget, scores in measured.items():
         rule = pooled_rule(measured, CALIBRATED, budget, rules, window)
         kind = CALIBRATED
@@ -708,11 +742,11 @@ def validate_budgets(run: EndToEnd, reference: Schedule, anchor: Schedule, budge
             even_rule = pooled_rule(measured, UNIFORM, budget, rules, window)
             if scores[score_key(CALIBRATED, rule)] > (1.0 - margin) * scores[score_key(UNIFORM, even_rule)]:
                 kind, rule = UNIFORM, even_rule
-        choices.append(BudgetChoice(budget, kind, rule, scores))
-    return tuple(choices)
+        chosen[budget] = (kind, rule)
+    return chosen
 
 
-def pooled_rule(measured: dict[int, dict[str, float]], kind: str, budget: int, rules: Sequence[ReuseRule],
+def pooled_rule(measured: Mapping[int, Mapping[str, float]], kind: str, budget: int, rules: Sequence[ReuseRule],
                 window: int) -> ReuseRule:
     """The rule with the smallest mean log distance of schedule ``kind`` over the measured budgets within
     ``window`` of ``budget`` (ties: the earlier rule). Where even spacing is the calibrated schedule, its

@@ -26,6 +26,7 @@ import numpy as np
 from .conditions import ModelConditions
 from .errors import FileFormatError, OTCacheError
 from .jsonfile import check_document, finite_number, load_json, require, save_json, short_repr
+from .quality import ExpectedQuality
 from .reuse import DEFAULT_FALLBACK, DEFAULT_RULE, DEFAULT_RULE_SOURCE, EdgeRules, ReuseRule, parse_rule, rules_summary
 from .schedule import Schedule, check_steps, schedule_from_fields
 
@@ -107,6 +108,9 @@ class BudgetChoice:
     schedule: str
     rule: ReuseRule
     scores: dict[str, float] = field(default_factory=dict)
+    quality: ExpectedQuality | None = None
+    """What this budget is expected to give against full compute (PSNR, dB), estimated leave-one-out on the
+    validation samples (absent in files from before it was measured, and without validation samples)."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULE_KINDS:
@@ -120,10 +124,14 @@ class BudgetChoice:
         others = [f"{k} {v:.4g}" for k, v in sorted(self.scores.items(), key=lambda kv: kv[1])
                   if k != score_key(self.schedule, self.rule)]
         scored = "" if own is None else f" ({own:.4g}" + (f"; {', '.join(others[:2])}" if others else "") + ")"
-        return f"{self.budget} of {steps}: {what} + {self.rule}{scored}"
+        quality = "" if self.quality is None else f": {self.quality.psnr:.1f} dB (worst {self.quality.worst_psnr:.1f})"
+        return f"{self.budget} of {steps}: {what} + {self.rule}{quality}{scored}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "schedule": self.schedule, "rule": self.rule.name, "scores": dict(self.scores)}
+        out = {"budget": self.budget, "schedule": self.schedule, "rule": self.rule.name, "scores": dict(self.scores)}
+        if self.quality is not None:
+            out["quality"] = self.quality.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, doc: Any, *, where: str) -> BudgetChoice:
@@ -135,8 +143,11 @@ class BudgetChoice:
         scores = _dict_field(doc, "scores", where)
         for key, value in scores.items():
             finite_number(value, f"scores.{short_repr(key, 40)}", where=where, minimum=0.0)
+        quality = doc.get("quality")
+        if quality is not None:
+            quality = ExpectedQuality.from_dict(quality, where=f"{where}: quality")
         try:
-            return cls(budget, schedule, rule, dict(scores))
+            return cls(budget, schedule, rule, dict(scores), quality)
         except OTCacheError as exc:
             raise FileFormatError(f"{where}: {exc}") from exc
 
@@ -166,6 +177,11 @@ class BudgetChoices:
         """The choice of the checked budget closest to ``fraction`` of the run (``budget / steps`` of the
         calibration's ``steps``); a tie goes to the larger budget."""
         return min(self.choices, key=lambda c: (round(abs(c.budget / steps - fraction), 9), -c.budget))
+
+    @property
+    def expected(self) -> dict[int, ExpectedQuality]:
+        """The expected quality of every checked budget that has one (largest budget first)."""
+        return {c.budget: c.quality for c in self.choices if c.quality is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "samples": self.samples, "validated": self.validated,

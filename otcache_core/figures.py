@@ -156,6 +156,45 @@ def line_plot(series: Sequence[tuple[str, Sequence[float], tuple[int, int, int]]
     return np.asarray(image, dtype=np.uint8)
 
 
+def curve_plot(points: Sequence[tuple[float, float]], *, mark: tuple[float, float] | None = None, width: int = 360,
+               height: int = 160, title: str = "", x_label: str = "", y_label: str = "",
+               color: tuple[int, int, int] = (40, 90, 200)) -> np.ndarray:
+    """A line through ``(x, y)`` points (x increasing to the right), with ``mark`` drawn as a red dot."""
+    font = _font()
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    pts = [(x, y) for x, y in points if np.isfinite(x) and np.isfinite(y)]
+    if not pts:
+        draw.text((8, height // 2), "no data", fill=TEXT, font=font)
+        return np.asarray(image, dtype=np.uint8)
+    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1.0
+    y_lo, y_hi = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1.0
+    left, right, top, bottom = 44, width - 8, 16, height - 30
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * (right - left), bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
+
+    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+    for value, frac in ((y_lo, 0.0), (y_hi, 1.0)):
+        draw.text((2, bottom - frac * (bottom - top) - 6), f"{value:.3g}", fill=TEXT, font=font)
+    for value in (x_lo, x_hi):
+        draw.text((at(value, y_lo)[0] - 8, bottom + 2), f"{value:.3g}", fill=TEXT, font=font)
+    draw.text((left, 2), title, fill=TEXT, font=font)
+    draw.text((left + 30, bottom + 15), x_label, fill=TEXT, font=font)
+    if y_label:
+        draw.text((right - _text_width(draw, y_label, font), 2), y_label, fill=TEXT, font=font)
+    line = [at(x, y) for x, y in sorted(pts)]
+    if len(line) > 1:
+        draw.line(line, fill=color, width=2)
+    for x, y in line:
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+    if mark is not None and np.isfinite(mark[0]) and np.isfinite(mark[1]):
+        x, y = at(min(max(mark[0], x_lo), x_hi), min(max(mark[1], y_lo), y_hi))
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(210, 30, 30))
+    return np.asarray(image, dtype=np.uint8)
+
+
 def side_by_side(images: Sequence[np.ndarray], *, pad: int = 8) -> np.ndarray:
     """Place images left to right on white, top-aligned."""
     return _concatenate(images, 1, pad)

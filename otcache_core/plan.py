@@ -14,6 +14,7 @@ from .calibration import UNIFORM, BudgetChoice, BudgetChoices, Calibration
 from .conditions import ModelConditions
 from .errors import ScheduleError
 from .interpolation import LAMBDA_MAPPINGS, Prediction, budget_for_fraction, predict_from_warps
+from .quality import ExpectedQuality, smallest_budget_for
 from .reuse import DEFAULT_RULE, DEFAULT_RULE_SOURCE, FALLBACKS, EdgeRules, ReuseRule
 from .schedule import Schedule, check_steps
 from .warp import Warp, identity_warp, sample_warp, warp_of
@@ -223,6 +224,16 @@ class SchedulePlan:
             "rule_for_all": None if self.rule_for_all is None else self.rule_for_all.name,
         }
 
+    def expected_quality(self, steps: int) -> tuple[int, ExpectedQuality] | None:
+        """The validated budget (of the calibration's step count) whose choice a run of ``steps`` steps uses,
+        with its expected quality; ``None`` where the calibration measured none."""
+        if self.budgets is None:
+            return None
+        T = check_steps(steps)
+        B = min(T, self.rule.budget_for(T, minimum=self.warmup + 1))
+        choice = self.budgets.nearest(B / T, self.source_steps)
+        return None if choice.quality is None else (choice.budget, choice.quality)
+
     def fits(self, family: str) -> bool:
         """Whether the plan may be used on a model of architecture ``family``."""
         return not self.families or family in self.families
@@ -232,3 +243,31 @@ def calibration_families(calibration: Calibration) -> tuple[str, ...]:
     """Architectures a calibration applies to: ``model.families``, else ``model.family``; "any" = all."""
     families = calibration.model.get("families") or ([calibration.family] if calibration.family else [])
     return () if "any" in families else tuple(str(f) for f in families)
+
+
+def budget_for_quality(calibration: Calibration, target_psnr: float) -> tuple[BudgetRule, str]:
+    """The budget rule that meets a quality target, and a sentence that says how.
+
+    The budget is the smallest validated one whose expected PSNR (leave-one-out on the calibration's
+    validation samples, :mod:`otcache_core.quality`) meets ``target_psnr``, as a share of the calibration's
+    step count (so it rescales to the run's steps like any budget). Where no validated budget is expected
+    to meet it, every step is computed. A file without quality measurements (a preset, a calibration from
+    before they were recorded) cannot answer: the error says what to do.
+    """
+    expected = calibration.budgets.expected if calibration.budgets is not None else {}
+    if not expected:
+        what = ("a shipped preset, never run on your model" if calibration.source.get("kind") in ("published", "rule")
+                else "a calibration that recorded no quality (made before OTCache measured it, or without "
+                     "validation samples)")
+        raise ScheduleError(f"'budget_as' quality needs the measured quality of a calibration; {calibration.name!r} is "
+                            f"{what}. Connect OTCache Calibrate (samples >= 2) or pick one of your calibrations, or "
+                            "set 'budget_as' to computed steps")
+    T = calibration.steps
+    budget = smallest_budget_for(target_psnr, expected)
+    if budget is None:
+        best = max(expected, key=lambda b: expected[b].psnr)
+        return BudgetRule("steps", T, T), (
+            f"quality target {target_psnr:g} dB: no validated budget is expected to reach it (best "
+            f"{expected[best].psnr:.1f} dB at {best} of {T}): every step computed")
+    return BudgetRule("steps", budget, T), (
+        f"quality target {target_psnr:g} dB: {budget} of {T} steps, {expected[budget].describe()}")

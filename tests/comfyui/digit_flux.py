@@ -168,6 +168,15 @@ def decode_latent(latent: torch.Tensor) -> torch.Tensor:
     return unfold(_latent_format().process_in(latent.float()))
 
 
+class DigitVAE:
+    """The lossless "VAE" as a ComfyUI ``VAE`` is used: ``decode`` takes a ComfyUI latent and returns
+    images ``[N, 28, 28, 1]`` in [0, 1] (what a VAE Decode node outputs), so it can be connected where a
+    workflow connects its VAE (OTCache Calibrate's ``vae``)."""
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return ((decode_latent(latent) + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1)
+
+
 def empty_latent(batch: int = 1) -> torch.Tensor:
     """The ``EmptyLatentImage``-style starting latent for ``batch`` digits."""
     return torch.zeros((batch, CHANNELS, LATENT, LATENT))
