@@ -20,7 +20,7 @@ WORKFLOWS = REPO / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.json"))
 EXPECTED = {"otcache_flux1_dev.json", "otcache_flux1_dev_controlnet.json", "otcache_wan21_t2v.json",
             "otcache_wan22_t2v_14b.json", "otcache_hunyuan_video.json", "otcache_qwen_image.json",
-            "otcache_calibrate_flux.json"}
+            "otcache_calibrate_flux.json", "otcache_compare_flux.json"}
 #: Name the pack is imported under here: not ``otcache_pack`` (the ComfyUI harness's), never ``nodes``.
 PACK_NAME = "otcache_pack_ci"
 

@@ -445,6 +445,34 @@ class CalibrateStage:
 
 
 @dataclass(frozen=True)
+class CompareStage:
+    """A second KSampler on the model without OTCache (same seed, prompts and latent), its decode, and OTCache
+    Compare between the two decodes: PSNR / SSIM of the cached image against full compute and a difference
+    map. Laid out in a row below the sampler."""
+
+    dy: int = 620
+
+    def add_and_wire(self, w: Workflow, spec: WorkflowSpec, model: Socket, inputs: SamplingInputs,
+                     cached_images: int) -> int:
+        s, at = spec.sampler, shifted(spec.layout.sampler, 0, self.dy)
+        full = ksampler(w, at, s.seed, s.steps, s.cfg, s.sampler, s.scheduler)
+        w.nodes[full - 1]["title"] = "KSampler (full compute, no OTCache)"
+        decode = w.node("VAEDecode", shifted(at, 360), (210, 46), [], inputs=[("samples", "LATENT"), ("vae", "VAE")],
+                        outputs=[("IMAGE", "IMAGE")])
+        compare = otcache_node(w, "OTCacheCompare", shifted(at, 600), 320)
+        report = preview_text(w, shifted(at, 960), "OTCache Compare report")
+        w.link(*model, full, "model")
+        w.link(*inputs.positive, full, "positive")
+        w.link(*inputs.negative, full, "negative")
+        w.link(inputs.latent, 0, full, "latent_image")
+        wire_decode_and_save(w, full, inputs.vae, decode, None)
+        w.link(decode, 0, compare, "reference")
+        w.link(cached_images, 0, compare, "image")
+        w.link(compare, 0, report, "source")
+        return compare
+
+
+@dataclass(frozen=True)
 class ModelSplit:
     """A second model takes over at ``at_step`` (Wan 2.2 A14B: high noise, then low noise). Each model gets
     its own row: loader, shift, OTCache Schedule (``budget`` here for the second) and Apply, and a
@@ -493,6 +521,7 @@ class WorkflowSpec:
     controlnet: ControlNetStage | None = None
     calibrate: CalibrateStage | None = None
     split: ModelSplit | None = None
+    compare: CompareStage | None = None
     note_size: Point = (760, 150)
     layout: Layout = Layout()
 
@@ -569,7 +598,8 @@ def sample_one_model(w: Workflow, spec: WorkflowSpec, model: Socket, inputs: Sam
     strips, summary = add_schedule_previews(w, lay, "")
     wire_cached_stage(w, model, schedule, apply_, strips, summary, sampler, inputs, (inputs.latent, 0))
     wire_decode_and_save(w, sampler, inputs.vae, decode, save)
-    w.group("OTCache", [*([calibrate] if calibrate else []), schedule, apply_])
+    compare = spec.compare.add_and_wire(w, spec, model, inputs, decode) if spec.compare else None
+    w.group("OTCache", [*([calibrate] if calibrate else []), schedule, apply_, *([compare] if compare else [])])
 
 
 def sample_two_models(w: Workflow, spec: WorkflowSpec, inputs: SamplingInputs) -> None:
@@ -649,10 +679,11 @@ def wire_cached_stage(w: Workflow, model: Socket, schedule: int, apply_: int, st
     w.link(*latent, sampler, "latent_image")
 
 
-def wire_decode_and_save(w: Workflow, sampler: int, vae: int, decode: int, save: int) -> None:
+def wire_decode_and_save(w: Workflow, sampler: int, vae: int, decode: int, save: int | None) -> None:
     w.link(sampler, 0, decode, "samples")
     w.link(vae, 0, decode, "vae")
-    w.link(decode, 0, save, "images")
+    if save is not None:
+        w.link(decode, 0, save, "images")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -702,7 +733,8 @@ CALIBRATE_FLUX = replace(
     note="Calibrate OTCache for your own FLUX.1-dev setting once (it saves '<user>/otcache/<name>.json', then "
          "appears in OTCache Schedule's preset list), and sample with the result.\nAdjust: the model file names; "
          "Calibrate's steps/sampler/scheduler/cfg to match the KSampler; 'trials' and 'samples' trade time for "
-         "quality; 'budget' in OTCache Schedule. Re-running resumes an interrupted calibration.",
+         "quality; 'budget' in OTCache Schedule, or budget_as 'quality' and 'target_psnr' for the fewest steps the "
+         "calibration measured to reach that PSNR. Re-running resumes an interrupted calibration.",
     save_prefix="OTCache/flux1-dev-calibrated", calibrate=CalibrateStage("flux1-dev-28-euler-simple"),
     layout=Layout(schedule=(840, 520), apply=(1200, 520), sampler=(1560, 520), previews=(1440, 820)))
 
@@ -752,6 +784,16 @@ FLUX1_DEV_CONTROLNET = replace(
     controlnet=ControlNetStage("flux-canny-controlnet-v3.safetensors"),
     save_prefix="OTCache/flux1-dev-controlnet", layout=Layout(sampler=(1560, 0), previews=(1180, 560)))
 
+COMPARE_FLUX = replace(
+    FLUX1_DEV,
+    note="See what OTCache costs in quality: the same seed sampled twice, with OTCache (top row, 10 of 28 steps "
+         "computed) and without it (bottom row), and OTCache Compare between the two images: PSNR (dB) and SSIM "
+         "against full compute and a map of where they differ (about 30 dB looks alike at a glance, 40 dB is hard "
+         "to tell apart).\nAdjust: the model file names; 'budget' in OTCache Schedule; keep both KSamplers' "
+         "settings equal.",
+    note_size=(860, 170), save_prefix="OTCache/flux1-dev-compare", compare=CompareStage(),
+    layout=Layout(previews=(420, 560)))
+
 #: File name in ``workflows/`` -> its description.
 WORKFLOWS: dict[str, WorkflowSpec] = {
     "otcache_flux1_dev.json": FLUX1_DEV,
@@ -761,6 +803,7 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     "otcache_hunyuan_video.json": HUNYUAN_VIDEO,
     "otcache_qwen_image.json": QWEN_IMAGE,
     "otcache_calibrate_flux.json": CALIBRATE_FLUX,
+    "otcache_compare_flux.json": COMPARE_FLUX,
 }
 
 

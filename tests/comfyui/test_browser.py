@@ -28,7 +28,7 @@ FILES = sorted((REPO / "workflows").glob("*.json"))
 WRITE_IMAGES = os.environ.get("OTCACHE_WRITE_IMAGES") == "1"
 README_IMAGES = REPO / "docs" / "images"
 THUMBNAIL_SIZE = (400, 250)
-OTCACHE_NODES = {"OTCacheSchedule", "OTCacheApply", "OTCacheCalibrate"}
+OTCACHE_NODES = {"OTCacheSchedule", "OTCacheApply", "OTCacheCalibrate", "OTCacheCompare"}
 LEGACY_GENERIC = "generic (FLUX.1-dev published shape, any model)"
 STEPS = 10
 REPORT = "OTCache ["  # how every run report line starts
@@ -220,3 +220,44 @@ def test_a_workflow_saved_with_the_former_generic_id_loads_and_runs_generic(page
     assert dict(shown[node_id(workflow, "OTCacheSchedule")]["widgets"])["preset"] == LEGACY_GENERIC
     summary = dict(shown[node_id(workflow, "OTCache schedule summary")]["widgets"])["preview"]
     assert summary.startswith("calibration 'generic'") and "computes 4" in summary
+
+
+def tiny_wan_compare_workflow() -> dict:
+    """The shipped compare workflow's graph on the tiny Wan: one KSampler through OTCache Apply, one on the
+    model alone, both latents shown as images (test node, no VAE) and OTCache Compare between them."""
+    b = load_builder()
+    w = b.Workflow()
+    unet = b.unet_loader(w, (0, 0), TINY_WAN)
+    conds = [w.node("OTCacheTestConditioning", (0, 120 + 120 * k), (300, 82), [k + 1, "fixed"],
+                    outputs=[("CONDITIONING", "CONDITIONING")], title=title)
+             for k, title in enumerate(("Positive (test)", "Negative (test)"))]
+    latent = w.node("EmptyHunyuanLatentVideo", (0, 370), (300, 130), [32, 32, 1, 1], outputs=[("LATENT", "LATENT")])
+    schedule = b.otcache_schedule(w, (380, -60), "wan2.1-t2v-1.3b", STEPS, 4)
+    apply_ = b.otcache_apply(w, (760, 0))
+    samplers = [b.ksampler(w, (1100, 500 * k), 3, STEPS, 3.0, "euler", "simple") for k in range(2)]
+    shown = [w.node("OTCacheTestLatentImage", (1460, 500 * k), (260, 46), [], inputs=[("samples", "LATENT")],
+                    outputs=[("IMAGE", "IMAGE")]) for k in range(2)]
+    compare = b.otcache_node(w, "OTCacheCompare", (1760, 200), 320)
+    report = b.preview_text(w, (2120, 200), "OTCache Compare report")
+    w.link(unet, 0, apply_, "model")
+    w.link(schedule, 0, apply_, "schedule")
+    for k, model in enumerate(((apply_, 0), (unet, 0))):
+        w.link(*model, samplers[k], "model")
+        w.link(conds[0], 0, samplers[k], "positive")
+        w.link(conds[1], 0, samplers[k], "negative")
+        w.link(latent, 0, samplers[k], "latent_image")
+        w.link(samplers[k], 0, shown[k], "samples")
+    w.link(shown[0], 0, compare, "image")
+    w.link(shown[1], 0, compare, "reference")
+    w.link(compare, 0, report, "source")
+    return w.to_json()
+
+
+def test_the_compare_graph_runs_on_the_page_and_shows_its_report_and_map(page, comfy_server):
+    workflow = tiny_wan_compare_workflow()
+    run_on_the_page(page, comfy_server, workflow, "otcache_tiny_compare.json")
+    heat = page.wait_for_node_image(node_id(workflow, "OTCacheCompare"))
+    assert heat["width"] > 10 and "type=temp" in heat["src"]
+    shown = {n["id"]: n for n in page.nodes()}
+    report = dict(shown[node_id(workflow, "OTCache Compare report")]["widgets"])["preview"]
+    assert report.startswith("PSNR ") and "dB vs the reference" in report and "SSIM" in report

@@ -3,7 +3,7 @@
 No real text encoder is available offline, so conditioning comes from a node that emits fixed tensors
 of the shape a tiny Wan 2.1 (4096-dim text context) expects. A second node slows the model down and
 counts its calls, so that a test can cancel a calibration inside a chosen stage and count what a
-resumed run pays. Everything else in the tests' graphs is ComfyUI's own nodes and this pack.
+resumed run pays. A third shows a latent as an image (the tiny Wan has no VAE), for OTCache Compare. Everything else in the tests' graphs is ComfyUI's own nodes and this pack.
 """
 
 import time
@@ -62,5 +62,24 @@ class OTCacheTestSlowModel:
         return (model,)
 
 
+class OTCacheTestLatentImage:
+    """A latent as an IMAGE batch, for graphs without a VAE (the tiny Wan has none): the first frame's first
+    three channels, squashed into [0, 1] by a fixed sigmoid."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "show"
+    CATEGORY = "testing"
+
+    def show(self, samples):
+        x = samples["samples"]
+        x = x[:, :3, 0] if x.ndim == 5 else x[:, :3]
+        return (torch.sigmoid(x).movedim(1, -1).float(),)
+
+
 NODE_CLASS_MAPPINGS = {"OTCacheTestConditioning": OTCacheTestConditioning,
-                       "OTCacheTestSlowModel": OTCacheTestSlowModel}
+                       "OTCacheTestSlowModel": OTCacheTestSlowModel,
+                       "OTCacheTestLatentImage": OTCacheTestLatentImage}
