@@ -1,6 +1,7 @@
 """Fidelity inside ComfyUI: trained ComfyUI Flux models, ComfyUI's own sampling, held-out prompts.
 
-    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/comfyui_fidelity.py [--testbed distilled] [--json out.json]
+    COMFYUI_PATH=/path/to/ComfyUI OTCACHE_PEER_PACKS=/path/to/packs python benchmarks/comfyui_fidelity.py \
+        [--testbed distilled] [--development] [--reuse-rules "linear, horizon2"] [--vae] [--json out.json]
 
 The models are the DigitFlux testbeds (``tests/comfyui/digit_flux.py``): ``digitflux``, a
 ``comfy.ldm.flux.model.Flux`` trained on MNIST, sampled with real CFG (cfg 4, two model calls per
@@ -27,7 +28,11 @@ Methods, each at exactly B computed steps of 30 (checked from OTCache's run repo
 * **even**: evenly spaced computed steps (= the shipped ``generic`` preset, checked at every budget)
   with each single rule; "best single rule" is the best of them at each budget, on these very samples
   (an advantage no calibration has);
-* **fixed interval**: our own implementation of a forecasting cache's idea (TaylorSeer-style): the
+* **TaylorSeer Lite**, the real node of philipy1219/ComfyUI-TaylorSeer (at 94dc45d, from
+  ``$OTCACHE_PEER_PACKS/philipy1219+ComfyUI-TaylorSeer``; skipped with the reason printed without it),
+  order 2 and 1, at its natural counts (3 warm-up steps, then every 3-6: 12, 9, 8, 7 of 30; the count
+  checked on the model's final layer);
+* **fixed interval**, kept as a labelled extra row: our own re-implementation of the same idea: the
   first W = 3 steps computed, then one every N steps, the model output extrapolated from the last
   computed outputs (order 1: ``linear``, order 2: ``quadratic``), at its natural counts
   W + ceil((T - W) / N);
@@ -124,10 +129,15 @@ class Bench:
         from_core = self.pack.otcache_core.metrics.psnr
         return [from_core(images[i : i + 1], self.reference[i : i + 1]) for i in range(self.size)]
 
-    def score_otcache(self, model: Any, plan: Any, mode: str, rule: str, budget: int) -> list[float]:
-        """OTCache Apply with ``plan`` in ``mode`` with ``rule`` (its ``reuse`` input), sample, check that
-        exactly ``budget`` steps were computed, score."""
-        (patched,) = self.pack.nodes.OTCacheApply().apply(model, plan, mode, 0.0, 1.0, rule)
+    def score_otcache(self, model: Any, plan: Any, mode: str, rule: str, budget: int,
+                      check_forecasts: bool = False) -> list[float]:
+        """OTCache Apply with ``plan`` in ``mode`` with ``rule`` (its ``reuse`` input; ``check_forecasts``: the
+        run-time forecast check, an option of ``apply_otcache`` only), sample, check that exactly ``budget``
+        steps were computed, score."""
+        if check_forecasts:
+            patched = self.pack.nodes.apply_node.apply_otcache(model, plan, mode, reuse=rule, check_forecasts=True)
+        else:
+            (patched,) = self.pack.nodes.OTCacheApply().apply(model, plan, mode, 0.0, 1.0, rule)
         before = len(self.reports)
         images = self.sample(patched)
         computed = len(self.reports[-1].computed) if len(self.reports) > before else None
@@ -237,6 +247,66 @@ def easycache_row(bench: Bench, budgets: tuple[int, ...]) -> Row:
         row.mean[budget], row.worst[budget] = summarize(values)
         notes.append(f"B={budget}: {how}")
     row.note = "; ".join(notes)
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# TaylorSeer Lite, the real node
+# --------------------------------------------------------------------------------------------------
+
+TAYLORSEER_PACK = "philipy1219+ComfyUI-TaylorSeer"
+TAYLORSEER_INTERVALS = (3, 4, 5, 6)
+"""Its ``fresh_threshold``: 12, 9, 8 and 7 computed steps of 30 (3 warm-up steps, then every N-th)."""
+
+
+def taylorseer_steps(steps: int, interval: int, warmup: int = WARMUP) -> list[int]:
+    """The steps TaylorSeer Lite computes: the warm-up, then every ``interval``-th step after it."""
+    return sorted(set(range(warmup)) | set(range(warmup - 1 + interval, steps, interval)))
+
+
+class FinalLayerCalls:
+    """Counts calls of the model's final layer: TaylorSeer Lite runs it only at the steps it computes."""
+
+    def __init__(self, module: Any) -> None:
+        self.calls = 0
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, *_: Any) -> None:
+        self.calls += 1
+
+
+def load_taylorseer() -> tuple[Any, str]:
+    """philipy1219/ComfyUI-TaylorSeer's ``TaylorSeerLite`` class from ``$OTCACHE_PEER_PACKS``, or the reason
+    it is not there."""
+    from comfyui.conftest import PEER_PACKS_ENV, load_pack
+
+    root = os.environ.get(PEER_PACKS_ENV, "").strip()
+    folder = Path(root) / TAYLORSEER_PACK
+    if not root or not (folder / "__init__.py").is_file():
+        return None, f"{PEER_PACKS_ENV}/{TAYLORSEER_PACK} not found (fetch github:philipy1219/ComfyUI-TaylorSeer at 94dc45d)"
+    try:
+        return load_pack(folder, "peer_taylorseer").NODE_CLASS_MAPPINGS["TaylorSeerLite"], ""
+    except Exception as exc:  # its head needs a newer ComfyUI than 0.3.64
+        return None, f"{TAYLORSEER_PACK} does not load on this ComfyUI: {type(exc).__name__}: {exc}"
+
+
+def taylorseer_row(bench: Bench, node: Any, order: int) -> Row:
+    """The real TaylorSeer Lite node (model_type flux, first_enhance 3, last_enhance at its default 50)
+    at its natural computed counts; the count is checked on the model's final layer."""
+    row = Row(f"TaylorSeer Lite (real node, order {order})", "its own", f"order {order}")
+    counter = FinalLayerCalls(bench.testbed.patcher.model.diffusion_model.final_layer)
+    try:
+        for interval in TAYLORSEER_INTERVALS:
+            (model,) = node().apply_taylorseer_lite(bench.testbed.patcher, "flux", interval, order, WARMUP, 50)
+            counter.calls = 0
+            images = bench.sample(model)
+            budget = len(taylorseer_steps(bench.steps, interval))
+            if counter.calls not in (budget, 2 * budget):  # cond and uncond: one batched call, or two
+                raise RuntimeError(f"TaylorSeer interval {interval}: {counter.calls} computed steps, expected {budget}")
+            row.mean[budget], row.worst[budget] = summarize(bench.psnrs(images))
+            row.note += f"B={budget}: interval {interval}; "
+    finally:
+        counter.handle.remove()
     return row
 
 
@@ -414,15 +484,26 @@ def main() -> None:
     parser.add_argument("--extended", action="store_true",
                         help="also blocks mode, five prompts per calibration and ComfyUI's EasyCache")
     parser.add_argument("--json", help="also write the table here")
+    parser.add_argument("--development", action="store_true",
+                        help="evaluate on the development samples (even-digit prompts, seeds 500/501), where "
+                             "defaults are decided, instead of the held-out ones")
+    parser.add_argument("--reuse-rules", help="Calibrate's reuse_rules for the draws (default: the node's)")
+    parser.add_argument("--vae", action="store_true", help="connect the testbed's VAE to Calibrate, as the "
+                        "shipped calibration workflow does (objective on decoded digits, PSNR of images)")
     args = parser.parse_args()
     started = time.perf_counter()
     pack, df = setup(args.threads)
     budgets = tuple(args.budgets)
     testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    prompts = df.evaluation_prompts()[:: 5 if args.quick else 1]
-    seeds = EVAL_SEEDS[:1] if args.quick else EVAL_SEEDS
+    if args.development:
+        prompts = [df.prompt(d, t) for d in range(0, 10, 2) for t in range(len(df.TEMPLATES))][:: 5 if args.quick else 1]
+        seeds = DEVELOPMENT_SEEDS[:1] if args.quick else DEVELOPMENT_SEEDS
+    else:
+        prompts = df.evaluation_prompts()[:: 5 if args.quick else 1]
+        seeds = EVAL_SEEDS[:1] if args.quick else EVAL_SEEDS
     bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
-    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {len(prompts)} held-out "
+    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {len(prompts)} "
+          f"{'development' if args.development else 'held-out'} "
           f"prompts x {len(seeds)} seeds = {bench.size} samples; full-compute reference in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     rows: list[Row] = []
@@ -437,7 +518,9 @@ def main() -> None:
             record, timings[key] = calibrate(bench, folder, key, prompts, **overrides)
             return record
 
-        records = [calibration(f"draw {d}", [df.prompt(d, 0)]) for d in digits]
+        settings = {**({"reuse_rules": args.reuse_rules} if args.reuse_rules else {}),
+                    **({"vae": df.DigitVAE()} if args.vae else {})}
+        records = [calibration(f"draw {d}", [df.prompt(d, 0)], **settings) for d in digits]
         draws = [otcache_row(bench, f"default pipeline, draw '{df.prompt(d, 0)}'", "model", "calibrated",
                              lambda b, r=r: plan_from(bench, r, b), budgets) for d, r in zip(digits, records)]
         rows.extend(draws)
@@ -454,8 +537,16 @@ def main() -> None:
             lines.append(f"    over its own schedules with the best single rule {margins(draw, own, budgets)}"
                          f" (best: {own.note.strip().rstrip(';')})")
         lines.append(f"mean of draws over even + best single rule: {margins(rows[len(draws)], even, budgets)}")
+        node, missing = load_taylorseer()
+        if node is None:
+            print(f"TaylorSeer Lite not measured: {missing}", flush=True)
+        for order in (2, 1) if node is not None else ():
+            peer = taylorseer_row(bench, node, order)
+            rows.append(peer)
+            lines.append(f"mean of draws over {peer.method}: {margins(rows[len(draws)], peer, budgets)}")
         for order in (1, 2):
             forecaster = fixed_interval_row(bench, order)
+            forecaster.method += ", our re-implementation"
             rows.append(forecaster)
             lines.append(f"mean of draws over {forecaster.method}: {margins(rows[len(draws)], forecaster, budgets)}")
         print(f"default pipeline and baselines done at {time.perf_counter() - started:.0f} s", flush=True)

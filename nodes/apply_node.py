@@ -29,7 +29,11 @@ AUTO_MODE = "model"
 """What ``auto`` picks, for every family: reusing the whole model output was closer to full compute than
 reusing the block-stack residual, with every reuse rule, on the testbed (trained DiT, held-out
 samples) and on a trained ComfyUI Flux (benchmarks/RESULTS.md), and it skips the embedders too."""
-REUSE_CHOICES = (CALIBRATED, "hold", "linear", "horizon2", "horizon3", "quadratic", "meancache2", "meancache3")
+CACHE_DEVICES = ("model", "cpu")
+"""Where a run keeps what reused steps stand in with: on the model's device, or in CPU memory (long video
+clips in blocks mode: what it holds there is stated in docs/nodes.md and every run's log line)."""
+REUSE_CHOICES = (CALIBRATED, "hold", "linear", "horizon2", "horizon3", "quadratic", "taylor2", "meancache2",
+                 "meancache3")
 """OTCache Apply's ``reuse`` input: the schedule's own rules (a calibration's or a preset's), or one rule
 everywhere."""
 
@@ -55,7 +59,7 @@ def _remove_previous(patcher: Any) -> bool:
 
 def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_percent: float = 0.0,
                   end_percent: float = 1.0, *, reuse: str | ReuseRule = CALIBRATED, quiet: bool = False,
-                  skip_control_models: bool = True) -> Any:
+                  skip_control_models: bool = True, check_forecasts: bool = False, cache_device: str = "model") -> Any:
     """A clone of ``model`` with OTCache's wrappers and block hooks for ``plan``.
 
     ``reuse``: ``calibrated`` (the plan's rules: what the calibration chose end to end per budget, a
@@ -63,12 +67,16 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
     segment. ``quiet`` reports runs at debug level (calibration makes
     hundreds of short runs). ``skip_control_models=False`` runs ControlNets and T2I-Adapters at every
     model call, reused ones included (what OTCache did before it skipped them; kept for measuring the
-    difference).
+    difference). ``cache_device`` ``cpu`` keeps the stored values in CPU memory (stand-ins are computed on
+    the model's device from them, bit for bit as without). ``check_forecasts`` turns on the run-time
+    forecast check (:mod:`otcache_core.forecast_check`; measured, not a default: benchmarks/RESULTS.md).
     """
     if not isinstance(plan, SchedulePlan):
         raise OTCacheError("'schedule' must come from an OTCache Schedule node")
     if mode not in MODE_CHOICES:
         raise OTCacheError(f"'mode' must be one of {', '.join(MODE_CHOICES)}, got {mode!r}")
+    if cache_device not in CACHE_DEVICES:
+        raise OTCacheError(f"'cache_device' must be one of {', '.join(CACHE_DEVICES)}, got {cache_device!r}")
     rule = None
     if reuse != CALIBRATED:
         try:
@@ -102,7 +110,8 @@ def apply_otcache(model: Any, plan: SchedulePlan, mode: str = "auto", start_perc
     patched = model.clone()
     if _remove_previous(patched) and not quiet:
         log.warning("OTCache Apply: this model already went through OTCache Apply; the earlier one is replaced")
-    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, rule, skip_control_models)
+    config = CacheConfig(plan, chosen, family, start_percent, end_percent, quiet, rule, skip_control_models,
+                         check_forecasts, cache_device)
     import comfy.patcher_extension as pe
 
     patched.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, OuterSampleWrapper(config))
@@ -145,9 +154,12 @@ class OTCacheApply:
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Steps from this share of the run on are always computed."}),
             },
             "optional": {
-                "reuse": (list(REUSE_CHOICES), {"default": CALIBRATED, "tooltip": "What a skipped step stands in with. calibrated: the schedule's own rule (a calibration's, chosen end to end per budget; a preset's, measured; horizon2 for schedules without one); hold: the last computed output; linear / quadratic: extrapolated along sigma from the last two / three computed steps; horizonK: linear for K steps past the last computed step, then held (for long gaps); meancacheK: MeanCache's average-velocity correction over K steps."}),
+                "reuse": (list(REUSE_CHOICES), {"default": CALIBRATED, "tooltip": "What a skipped step stands in with. calibrated: the schedule's own rule (a calibration's, chosen end to end per budget; a preset's, measured; horizon2 for schedules without one); hold: the last computed output; linear / quadratic: extrapolated along sigma from the last two / three computed steps; taylor2: TaylorSeer's second-order forecast (linear plus a damped curvature term); horizonK: linear for K steps past the last computed step, then held (for long gaps); meancacheK: MeanCache's average-velocity correction over K steps."}),
+                "cache_device": (list(CACHE_DEVICES), {"default": "model", "tooltip": "Where the run keeps what reused steps stand in with. model: on the model's device (in model mode a few latent-sized tensors: tens of MB even for Wan 14B at 720p). cpu: in CPU memory, brought back for each reused step; the same output bit for bit. For blocks mode on long video clips, whose residuals take GBs (the run's log line says how much)."}),
             },
         }
 
-    def apply(self, model, schedule, mode="auto", start_percent=0.0, end_percent=1.0, reuse=CALIBRATED):
-        return (apply_otcache(model, schedule, mode, start_percent, end_percent, reuse=reuse),)
+    def apply(self, model, schedule, mode="auto", start_percent=0.0, end_percent=1.0, reuse=CALIBRATED,
+              cache_device="model"):
+        return (apply_otcache(model, schedule, mode, start_percent, end_percent, reuse=reuse,
+                              cache_device=cache_device),)

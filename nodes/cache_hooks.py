@@ -74,6 +74,11 @@ class CacheConfig:
     """``None`` (``calibrated``): the plan's reuse rules; a rule: that rule for every segment."""
     skip_control_models: bool = True
     """Run control models (ControlNet, T2I-Adapter) only for model calls that compute."""
+    check_forecasts: bool = False
+    """Check each segment's forecast at its end and fall back per sample where hold (or a lower order)
+    was clearly closer (:mod:`otcache_core.forecast_check`)."""
+    cache_device: str = "model"
+    """``cpu``: keep the stored values in CPU memory (:class:`~otcache_core.runtime.CacheRun`'s ``store_device``)."""
 
 
 @dataclass
@@ -98,7 +103,9 @@ class RunState:
                  stage_last: dict[str, int], rules: list[str] | None = None) -> None:
         self.config = config
         self.sigmas = sigmas
-        self.cache = CacheRun(schedule, mode=config.mode, notes=notes, rules=rules, sigmas=sigmas)
+        self.cache = CacheRun(schedule, mode=config.mode, notes=notes, rules=rules, sigmas=sigmas,
+                              check_forecasts=config.check_forecasts,
+                              store_device="cpu" if config.cache_device == "cpu" else None)
         self.stage_last = stage_last
         self.stage_outputs: dict[str, tuple[str, ...]] = {}
         """Stage kind -> the keys its last block returns (what a replacement must return)."""

@@ -15,14 +15,14 @@ samples' distances alone, and ``s`` is scored under that choice,
 which is the choice procedure's fidelity on a sample it never saw. With one validation sample there is
 nothing to leave out and the figures are in-sample (said so in the record).
 
-Two more steps make the figures what a user's other prompts get:
+More computed steps never make a schedule worse on average, so the figures are made non-decreasing in
+the budget (isotonic regression, :func:`non_decreasing`), which pools the noise of neighbouring budgets.
 
-* more computed steps never make a schedule worse on average, so the figures are made non-decreasing in
-  the budget (isotonic regression, :func:`non_decreasing`), which pools the noise of neighbouring budgets;
-* the validation samples share the calibration's prompt: on DigitFlux's development samples (other
-  prompts, five calibrations, budgets 6-20 of 30) they came out :data:`PROMPT_MARGIN_DB` closer to full
-  compute than the other prompts' samples, at every budget alike (a constant ratio of squared errors,
-  unrelated to how far apart the two validation samples were); the figures subtract it.
+The figures are those of the calibration's own prompt. Other prompts differ: on DigitFlux (five
+calibrations, each on one even digit, budgets 6-20 of 30) the mean PSNR of samples of other even digits
+came out 2.2 dB below the expected figure, that of odd digits 0.4 dB above it (benchmarks/RESULTS.md,
+"Expected quality"). A constant correction chosen on the first set made the second 2.6 dB off, so
+none is applied: the figures say what the calibration measured, and the summary says on what.
 """
 
 from __future__ import annotations
@@ -45,10 +45,6 @@ IMAGES = "images"
 LATENTS = "latents"
 #: PSNR of a sample identical to full compute (an infinite PSNR would make every mean infinite).
 MAX_DB = 100.0
-#: How much closer to full compute (dB) the calibration prompt's validation samples came than samples of
-#: other prompts, measured on DigitFlux's development samples (benchmarks/quality_prediction.py
-#: --development: +2.19 dB on the mean over 5 calibrations x 15 budgets, +1.5 to +3.5 at every budget).
-PROMPT_MARGIN_DB = 2.2
 
 
 @dataclass(frozen=True)
@@ -108,8 +104,6 @@ class ExpectedQuality:
     estimate: str = LEAVE_ONE_OUT
     ssim: float | None = None
     lpips: float | None = None
-    margin: float = 0.0
-    """dB already subtracted from the PSNR figures for prompts other than the calibration's."""
 
     def describe(self) -> str:
         """``expected PSNR 44.1 dB (worst 39.0 dB) vs full compute, validated on 2 samples``."""
@@ -122,8 +116,6 @@ class ExpectedQuality:
         out: dict[str, Any] = {"psnr": self.psnr, "worst_psnr": self.worst_psnr, "samples": self.samples,
                                "space": self.space, "estimate": self.estimate}
         out.update({k: v for k, v in (("ssim", self.ssim), ("lpips", self.lpips)) if v is not None})
-        if self.margin:
-            out["margin"] = self.margin
         return out
 
     @classmethod
@@ -139,8 +131,7 @@ class ExpectedQuality:
         estimate = doc.get("estimate", LEAVE_ONE_OUT)
         if estimate not in (LEAVE_ONE_OUT, IN_SAMPLE):
             raise FileFormatError(f"{where}: field 'estimate' must be {LEAVE_ONE_OUT!r} or {IN_SAMPLE!r}")
-        optional = {k: finite_number(doc[k], k, where=where) for k in ("ssim", "lpips", "margin")
-                    if doc.get(k) is not None}
+        optional = {k: finite_number(doc[k], k, where=where) for k in ("ssim", "lpips") if doc.get(k) is not None}
         return cls(finite_number(doc.get("psnr"), "psnr", where=where),
                    finite_number(doc.get("worst_psnr"), "worst_psnr", where=where), samples, space, estimate,
                    **optional)
@@ -153,9 +144,8 @@ Chooser = Callable[[Mapping[int, Mapping[str, float]]], Mapping[int, Pair]]
 
 
 def expected_quality(figures: Mapping[int, Mapping[str, SampleFigures]], choose: Chooser, key: Callable[[Pair], str],
-                     space: str, margin: float = PROMPT_MARGIN_DB) -> dict[int, ExpectedQuality]:
-    """Expected quality of every budget (see the module doc): leave-one-out, non-decreasing in the budget,
-    ``margin`` dB below what the validation samples gave.
+                     space: str) -> dict[int, ExpectedQuality]:
+    """Expected quality of every budget (see the module doc): leave-one-out, non-decreasing in the budget.
 
     ``figures[budget][score key]``: the per-sample figures of each pair run at that budget, all on the
     same samples; ``choose`` is the validation's own choice from mean distances, ``key`` names a pair.
@@ -180,9 +170,9 @@ def expected_quality(figures: Mapping[int, Mapping[str, SampleFigures]], choose:
     mean = non_decreasing({b: statistics.fmean(psnr[b]) for b in budgets})
     worst = non_decreasing({b: min(psnr[b]) for b in budgets})
     estimate = LEAVE_ONE_OUT if n > 1 else IN_SAMPLE
-    return {b: ExpectedQuality(mean[b] - margin, min(worst[b], mean[b]) - margin, n, space, estimate,
+    return {b: ExpectedQuality(mean[b], min(worst[b], mean[b]), n, space, estimate,
                                statistics.fmean(ssim[b]) if ssim[b] else None,
-                               statistics.fmean(lpips[b]) if lpips[b] else None, margin)
+                               statistics.fmean(lpips[b]) if lpips[b] else None)
             for b in budgets}
 
 

@@ -22,6 +22,16 @@ Everything is extrapolated *along sigma*, each call at its own sigma (Heun's sec
 ``quadratic``
     The Lagrange polynomial through ``(sigma_a, q_a), (sigma_b, q_b), (sigma_c, q_c)`` evaluated at
     ``sigma`` (fewer stored: linear, hold). Keeps 3 tensors per stream.
+``taylor2``
+    The second-order Taylor forecast of TaylorSeer (Liu et al., ICCV 2025; its ComfyUI node
+    TaylorSeerLite), written here from its idea, along sigma: from the last computed value, the slope
+    of the last secant ``d1 = (q_a - q_b) / (sigma_a - sigma_b)`` and the change of slope between the last
+    two secants ``d2 = 2 (d1 - d1') / (sigma_a - sigma_c)`` (``d1'`` the secant of ``b`` and ``c``),
+    ``q^(sigma) = q_a + d1 (sigma - sigma_a) + d2 (sigma - sigma_a)^2 / 2``. It differs from ``quadratic``
+    (the Lagrange polynomial, ``q_a + d1 h + d2 h (h + sigma_a - sigma_b) / 2`` with ``h = sigma - sigma_a``)
+    only by using the last secant as the slope at ``a``, which damps the curvature term: over one gap
+    ``h = sigma_b - sigma_a`` it adds half of what ``quadratic`` adds. Fewer stored: linear, hold. Keeps 3
+    tensors per stream.
 ``horizonK`` (``K >= 1``)
     ``linear`` for the first ``K`` steps past the last computed step, then held at the value it
     reached: ``q^(sigma) = q_a + (s - sigma_a) (q_a - q_b) / (sigma_a - sigma_b)`` with
@@ -67,10 +77,11 @@ if TYPE_CHECKING:  # torch is imported where tensors are combined: schedule arit
 HOLD = "hold"
 LINEAR = "linear"
 QUADRATIC = "quadratic"
+TAYLOR2 = "taylor2"
 HORIZON = "horizon"
 MEANCACHE = "meancache"
 #: Rules with a fixed name; ``horizonK`` (K >= 1) and ``meancacheK`` (K >= 2) complete the set.
-NAMED_RULES: tuple[str, ...] = (HOLD, LINEAR, QUADRATIC)
+NAMED_RULES: tuple[str, ...] = (HOLD, LINEAR, QUADRATIC, TAYLOR2)
 _SPAN_NAME = re.compile(r"^(horizon|meancache)(\d+)$")
 #: The smallest span of each rule family with a span.
 _MIN_SPAN = {HORIZON: 1, MEANCACHE: 2}
@@ -102,7 +113,7 @@ class ReuseRule:
     @property
     def depth(self) -> int:
         """Tensors the rule keeps per stream."""
-        return {HOLD: 1, LINEAR: 2, HORIZON: 2, QUADRATIC: 3}.get(self.kind, self.span)
+        return {HOLD: 1, LINEAR: 2, HORIZON: 2, QUADRATIC: 3, TAYLOR2: 3}.get(self.kind, self.span)
 
     @property
     def lookback(self) -> int:
@@ -129,6 +140,8 @@ class ReuseRule:
         points = [(s, v) for s, v in history[-self.depth :] if s is not None]
         if self.kind == HORIZON and grid is not None:
             sigma = _within_horizon(float(sigma), float(last_sigma), self.span, grid)
+        if self.kind == TAYLOR2 and len(points) == 3:
+            return _taylor2(points, float(sigma))
         return _lagrange(points, float(sigma))
 
 
@@ -161,6 +174,7 @@ def parse_rules(names: Iterable[str | ReuseRule]) -> tuple[ReuseRule, ...]:
 
 #: The rules as objects, for code that names one.
 HOLD_RULE, LINEAR_RULE, QUADRATIC_RULE = ReuseRule(HOLD), ReuseRule(LINEAR), ReuseRule(QUADRATIC)
+TAYLOR2_RULE = ReuseRule(TAYLOR2)
 HORIZON2_RULE = ReuseRule(HORIZON, 2)
 
 #: The rule of a schedule that names none (a calibration from before rules, a custom schedule).
@@ -198,6 +212,20 @@ def _lagrange(points: Sequence[tuple[float, torch.Tensor]], sigma: float) -> tor
         if w != 0.0:  # at sigma = sigma_newest only the newest value has weight (1): it comes back exactly
             out = w * value if out is None else out + w * value
     return (values[-1] * 0.0 if out is None else out).to(dtype)
+
+
+def _taylor2(points: Sequence[tuple[float, torch.Tensor]], sigma: float) -> torch.Tensor:
+    """``q_a + d1 h + d2 h^2 / 2`` (see the module doc) from three points, oldest first."""
+    (s_c, _), (s_b, _), (s_a, _) = points
+    if len({float(s_a), float(s_b), float(s_c)}) < 3:
+        return points[-1][1]
+    (q_c, q_b, q_a), dtype = _as_float([v for _, v in points])
+    d1 = (q_a - q_b) / (s_a - s_b)
+    d2 = 2.0 * (d1 - (q_b - q_c) / (s_b - s_c)) / (s_a - s_c)
+    h = sigma - s_a
+    if h == 0.0:
+        return points[-1][1]
+    return (q_a + h * d1 + (0.5 * h * h) * d2).to(dtype)
 
 
 def _within_horizon(sigma: float, last: float, steps: int, grid: Sequence[float]) -> float:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .forecast_check import ForecastCheck
 from .reuse import HOLD_RULE, ReuseRule, history_depth, rules_summary
 from .schedule import Schedule
 
@@ -82,6 +83,10 @@ class RunReport:
     """Control-model evaluations (ControlNet, T2I-Adapter, one per active model of a chain) that ran."""
     control_skipped: int = 0
     """Control-model evaluations left out because their model call reused."""
+    kept_bytes: int = 0
+    """The most memory the run's stored values (every stream's history) held at once."""
+    kept_on: str = ""
+    """Where they were kept when not on the model's device (``cpu``: OTCache Apply's ``cache_device``)."""
 
     @property
     def ideal_speedup(self) -> float:
@@ -117,6 +122,9 @@ class RunReport:
             parts.append(f"forced compute at {self.forced} (no residual to reuse)")
         if self.control_ran or self.control_skipped:
             parts.append(f"control-model calls: {self.control_skipped} skipped, {self.control_ran} run")
+        if self.kept_bytes:
+            parts.append(f"cache held {self.kept_bytes / 2**20:.1f} MiB" + (f" in {self.kept_on} memory" if self.kept_on
+                                                                              else ""))
         return "; ".join(parts + self.notes)
 
     def to_dict(self) -> dict[str, object]:
@@ -133,6 +141,7 @@ class RunReport:
             "calls_reused": self.calls_reused,
             "control_ran": self.control_ran,
             "control_skipped": self.control_skipped,
+            "kept_bytes": self.kept_bytes,
             "wall_seconds": self.wall_seconds,
             "rules": dict(self.rules),
             "notes": list(self.notes),
@@ -172,11 +181,17 @@ class CacheRun:
     schedule's per-segment rules), one rule for every step, or ``None`` for hold.
     ``sigmas``: the run's ``T + 1`` noise levels, needed by rules that read other steps' sigmas
     (``meancache``: the next step's; ``horizon``: the steps after the last computed one).
+    ``check_forecasts``: check each segment's forecast when the segment ends and fall back, per sample
+    and stream, where another candidate was closer (:mod:`otcache_core.forecast_check`).
+    ``store_device``: keep the stored values there (e.g. ``"cpu"`` for long video clips in ``blocks``
+    mode) instead of on the device that computed them; a stand-in brings the history back to that device
+    first and extrapolates there, so it is bit for bit what it would be without offloading.
     """
 
     def __init__(self, schedule: Schedule, *, mode: str = "blocks", notes: Iterable[str] = (),
                  policy: StepPolicy | None = None, rules: ReuseRule | Sequence[ReuseRule] | None = None,
-                 sigmas: Sequence[float] | None = None) -> None:
+                 sigmas: Sequence[float] | None = None, check_forecasts: bool = False,
+                 store_device: torch.device | str | None = None) -> None:
         self.schedule = schedule
         self.mode = mode
         self.notes = list(notes)
@@ -199,6 +214,10 @@ class CacheRun:
         self._step_history: dict[Hashable, deque] = {}  # key -> (sigma, value) of the last steps (per-step rules)
         self._step_depth = step_depth
         self._standins: dict[Hashable, tuple[int, torch.Tensor]] = {}  # per-step rules: once per step
+        self._check = ForecastCheck() if check_forecasts else None
+        self._kept_bytes = 0  # the most the histories held at once
+        self._store_device = None if store_device is None else torch.device(store_device)
+        self._compute_device: dict[Hashable, torch.device] = {}  # per stream, where its values were computed
         self._status: dict[int, str] = {}  # step -> "computed" | "reused" | "forced"
         self._stopped = False
         self._calls = {True: 0, False: 0}  # reused? -> count
@@ -224,6 +243,8 @@ class CacheRun:
             self._decided.add(step)  # multi-evaluation samplers: decide once per step
             compute = bool(self.policy.decide(step, features))  # asked at step 0 too: it may record
             self._mask[step] = compute or step == 0
+        # what the run holds between model calls (the values a call is about to store are its own output)
+        self._kept_bytes = max(self._kept_bytes, self.kept_bytes())
         reuse = ready and not self._stopped and not self.scheduled_compute(step)
         if reuse:
             self._status.setdefault(step, "reused")
@@ -271,9 +292,25 @@ class CacheRun:
         ``key``. Without ``sigma`` (or after a layout change) the stream's history restarts at this value;
         a second value at the same sigma replaces the first."""
         value = value.detach()
+        if self._check is not None:
+            self._check.check(key, self._fetch(self._history.get(key) or (), value.device), value, sigma, self._sigmas)
+        if self._store_device is not None:
+            self._compute_device[key] = value.device
+            value = value.to(self._store_device)
         _push(self._history, key, self._depth, sigma, value)
         if self._step_depth:
             _push(self._step_history, key, self._step_depth, sigma, value)
+
+    def kept_bytes(self) -> int:
+        """Bytes the stored values keep alive now: each underlying storage once (a stream's rows are a view
+        of the batch's tensor, which stays whole; a layout token is one element)."""
+        storages = {}
+        for histories in (self._history, self._step_history):
+            for history in histories.values():
+                for _, value in history:
+                    storage = value.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
 
     def standin(self, key: Hashable, step: int, sigma: float) -> torch.Tensor:
         """What a reused call of ``step`` at noise level ``sigma`` gets for stream ``key``: the stored
@@ -281,16 +318,29 @@ class CacheRun:
         rule = self.rule(step)
         known = self._standins.get(key)
         first_call = known is None or known[0] != step
+        device = self._compute_device.get(key)
         if rule.per_step:
             if not first_call:  # further calls of a step get the step's stand-in
                 return known[1]
-            value = rule.standin(self._step_history.get(key) or self._history[key], sigma, self._next_sigma(step))
+            history = self._fetch(self._step_history.get(key) or self._history[key], device)
+            value = rule.standin(history, sigma, self._next_sigma(step))
         else:
-            value = rule.standin(self._history[key], sigma, grid=self._sigmas)
+            history = self._fetch(self._history[key], device)
+            value = rule.standin(history, sigma, grid=self._sigmas)
+            if self._check is not None:
+                value = self._check.standin(key, rule, value, history, sigma, self._sigmas)
+                self._check.forecasting(key, rule)
         if self._step_depth and first_call:  # per-step rules read the stand-ins of earlier steps too
             self._standins[key] = (step, value)
-            _push(self._step_history, key, self._step_depth, sigma, value)
+            kept = value if self._store_device is None else value.to(self._store_device)
+            _push(self._step_history, key, self._step_depth, sigma, kept)
         return value
+
+    def _fetch(self, history: Iterable[tuple[float | None, torch.Tensor]], device: torch.device | None):
+        """``history`` on ``device`` (offloaded runs); as it is otherwise."""
+        if self._store_device is None or device is None:
+            return history
+        return [(s, v.to(device)) for s, v in history]
 
     def _next_sigma(self, step: int) -> float | None:
         if self._sigmas is None or not 0 <= step + 1 < len(self._sigmas):
@@ -301,6 +351,8 @@ class CacheRun:
         self._history.clear()
         self._step_history.clear()
         self._standins.clear()
+        if self._check is not None:
+            self._check = ForecastCheck()
 
     # -- timing and report -------------------------------------------------------------------------
     @staticmethod
@@ -337,10 +389,12 @@ class CacheRun:
             seconds_reused=self._seconds[True],
             wall_seconds=time.perf_counter() - self._started,
             mode=self.mode,
-            notes=list(self.notes),
+            notes=list(self.notes) + [n for n in [self._check and self._check.describe()] if n],
             rules=dict(Counter(self.rule(s).name for s in reused)),
             control_ran=self._controls[False],
             control_skipped=self._controls[True],
+            kept_bytes=self._kept_bytes,
+            kept_on="" if self._store_device is None else self._store_device.type.upper(),
         )
 
 

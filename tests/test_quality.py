@@ -17,7 +17,7 @@ from otcache_core.metrics import psnr, relative_l1
 from otcache_core.plan import BudgetRule, SchedulePlan, budget_for_quality
 from otcache_core.presets import load_preset
 from otcache_core.quality import (
-    IN_SAMPLE, LATENTS, LEAVE_ONE_OUT, PROMPT_MARGIN_DB, ExpectedQuality, SampleFigures, expected_quality,
+    IN_SAMPLE, LATENTS, LEAVE_ONE_OUT, ExpectedQuality, SampleFigures, expected_quality,
     non_decreasing, per_sample_psnr, smallest_budget_for)
 from otcache_core.reuse import parse_rules
 
@@ -68,7 +68,7 @@ def test_latent_psnr_is_measured_over_each_samples_own_range():
 def test_each_sample_is_scored_under_the_choice_the_other_samples_made():
     # in sample, B wins (mean 0.25 < 0.3); without sample 0, B wins; without sample 1, A wins
     table = {5: {"A": figures([0.1, 0.5], [40.0, 20.0]), "B": figures([0.3, 0.2], [30.0, 35.0])}}
-    expected = expected_quality(table, smallest, lambda pair: pair, LATENTS, margin=0.0)[5]
+    expected = expected_quality(table, smallest, lambda pair: pair, LATENTS)[5]
     assert expected.psnr == pytest.approx((30.0 + 20.0) / 2)  # B on sample 0, A on sample 1
     assert expected.worst_psnr == 20.0
     assert expected.estimate == LEAVE_ONE_OUT and expected.samples == 2
@@ -77,30 +77,21 @@ def test_each_sample_is_scored_under_the_choice_the_other_samples_made():
 def test_the_estimate_is_below_the_in_sample_score_of_a_lucky_winner():
     table = {5: {"A": figures([0.1, 0.5], [40.0, 20.0]), "B": figures([0.3, 0.2], [30.0, 35.0])}}
     in_sample = (30.0 + 35.0) / 2  # B, scored on the samples that chose it
-    assert expected_quality(table, smallest, lambda pair: pair, LATENTS, margin=0.0)[5].psnr < in_sample
+    assert expected_quality(table, smallest, lambda pair: pair, LATENTS)[5].psnr < in_sample
 
 
 def test_with_one_validation_sample_the_estimate_is_in_sample_and_says_so():
     table = {5: {"A": figures([0.1], [40.0]), "B": figures([0.3], [30.0])}}
-    expected = expected_quality(table, smallest, lambda pair: pair, LATENTS, margin=0.0)[5]
+    expected = expected_quality(table, smallest, lambda pair: pair, LATENTS)[5]
     assert expected.psnr == 40.0 and expected.estimate == IN_SAMPLE
     assert "optimistic" in expected.describe()
 
 
 def test_the_figures_never_fall_as_the_budget_grows():
     table = {b: {"A": figures([0.1, 0.1], [p, p - 2])} for b, p in {4: 30.0, 5: 36.0, 6: 34.0, 7: 40.0}.items()}
-    expected = expected_quality(table, smallest, lambda pair: pair, LATENTS, margin=0.0)
+    expected = expected_quality(table, smallest, lambda pair: pair, LATENTS)
     assert [expected[b].psnr for b in (4, 5, 6, 7)] == [29.0, 34.0, 34.0, 39.0]  # means 29, 35, 33, 39: 5, 6 pooled
     assert non_decreasing({1: 3.0, 2: 1.0, 3: 2.0, 4: 5.0}) == {1: 2.0, 2: 2.0, 3: 2.0, 4: 5.0}
-
-
-def test_the_figures_are_lowered_by_the_margin_for_other_prompts_and_say_so():
-    table = {5: {"A": figures([0.1, 0.2], [40.0, 38.0])}}
-    plain = expected_quality(table, smallest, lambda pair: pair, LATENTS, margin=0.0)[5]
-    lowered = expected_quality(table, smallest, lambda pair: pair, LATENTS)[5]
-    assert lowered.margin == PROMPT_MARGIN_DB > 0
-    assert lowered.psnr == pytest.approx(plain.psnr - PROMPT_MARGIN_DB)
-    assert lowered.worst_psnr == pytest.approx(plain.worst_psnr - PROMPT_MARGIN_DB)
 
 
 def test_the_description_states_mean_worst_and_samples():

@@ -38,6 +38,30 @@ def test_quadratic_is_exact_on_a_parabola_and_linear_with_two_values():
     assert torch.allclose(parse_rule("quadratic").standin(history(line, [0.9, 0.8]), 0.3), line(0.3))
 
 
+def test_taylor2_adds_the_curvature_with_the_last_secant_as_the_slope():
+    sigmas = [1.0, 0.9, 0.7]  # uneven, as schedules are
+    d1 = (parabola(0.7) - parabola(0.9)) / (0.7 - 0.9)
+    d1_before = (parabola(0.9) - parabola(1.0)) / (0.9 - 1.0)
+    d2 = 2 * (d1 - d1_before) / (0.7 - 1.0)
+    h = 0.4 - 0.7
+    got = parse_rule("taylor2").standin(history(parabola, sigmas), 0.4)
+    assert torch.allclose(got, parabola(0.7) + h * d1 + 0.5 * h * h * d2)
+    assert torch.allclose(d2, 2 * torch.tensor([2.0, -1.0]))  # the parabola's true second derivative
+
+
+def test_taylor2_adds_half_the_curvature_quadratic_adds_over_one_gap():
+    stored = history(parabola, [1.0, 0.9, 0.8])
+    linear = parse_rule("linear").standin(stored, 0.7)
+    taylor = parse_rule("taylor2").standin(stored, 0.7)
+    quadratic = parse_rule("quadratic").standin(stored, 0.7)
+    assert torch.allclose(taylor - linear, 0.5 * (quadratic - linear), atol=1e-5)
+
+
+def test_taylor2_is_linear_with_two_values_and_exact_on_a_line():
+    assert torch.allclose(parse_rule("taylor2").standin(history(line, [0.9, 0.8]), 0.3), line(0.3))
+    assert torch.allclose(parse_rule("taylor2").standin(history(line, [1.0, 0.9, 0.8]), 0.3), line(0.3))
+
+
 GRID = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
 
 

@@ -161,3 +161,17 @@ def test_a_stopped_run_computes_the_rest_and_says_why_without_calling_it_forced(
     report = run.report()
     assert report.reused == [1] and report.computed == [0, 2, 3, 4, 5] and report.forced == []
     assert "caching stopped: another step cache is active" in report.line() and "forced" not in report.line()
+
+
+def test_the_report_says_how_much_memory_the_stored_values_held_at_most():
+    value = torch.zeros(2, 4, 8, 8)  # 2048 bytes in float32
+    for rule, depth in (("hold", 1), ("linear", 2), ("taylor2", 3)):
+        run = CacheRun(Schedule.from_steps([0, 1, 2, 3], 6), rules=parse_rule(rule))
+        for k, sigma in enumerate((1.0, 0.8, 0.6, 0.4)):
+            run.plan_call(k, ready=k > 0)
+            for stream in ("cond", "uncond"):
+                run.store(stream, value + k, sigma)
+        run.plan_call(4, ready=True)  # held between calls: what the next call finds
+        report = run.report()
+        assert report.kept_bytes == 2 * depth * value.numel() * 4
+        assert f"cache held {report.kept_bytes / 2**20:.1f} MiB" in report.line()

@@ -295,3 +295,45 @@ def test_inputs_are_never_modified_in_place(otcache_pack, core, tiny_model):
     patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test_spy", spy)
     sample(m, patched)
     assert seen and all(seen)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a run keeps in memory, and keeping it in CPU memory
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["model", "blocks"])
+def test_keeping_the_cache_in_cpu_memory_gives_the_same_output_bit_for_bit(otcache_pack, tiny_model, hooks, mode):
+    m = tiny_model("wan21_t2v")
+    plan = plan_for(otcache_pack.otcache_core, [0, 1, 2, 5, 8])
+    reports = []
+    remove = hooks.add_report_listener(reports.append)
+    try:
+        kept = sample(m, apply(otcache_pack, m, plan, mode, reuse="linear"))
+        offloaded = sample(m, apply(otcache_pack, m, plan, mode, reuse="linear", cache_device="cpu"))
+    finally:
+        remove()
+    assert torch.equal(kept, offloaded)
+    assert "in CPU memory" in reports[-1].line() and "in CPU memory" not in reports[-2].line()
+    assert reports[-1].kept_bytes == reports[-2].kept_bytes > 0
+
+
+@pytest.mark.parametrize("rule, depth", [("hold", 1), ("linear", 2), ("taylor2", 3)])
+def test_model_mode_keeps_depth_noise_predictions_per_stream(otcache_pack, tiny_model, hooks, rule, depth):
+    m = tiny_model("wan21_t2v")
+    latent = m.make_latent()
+    reports = []
+    remove = hooks.add_report_listener(reports.append)
+    try:
+        sample(m, apply(otcache_pack, m, plan_for(otcache_pack.otcache_core, [0, 1, 2, 5, 8]), "model", reuse=rule),
+               latent=latent)
+    finally:
+        remove()
+    streams = 2  # cond and uncond at cfg 3
+    assert reports[-1].kept_bytes == streams * depth * latent[0].numel() * 4  # float32
+    assert f"cache held {reports[-1].kept_bytes / 2**20:.1f} MiB" in reports[-1].line()
+
+
+def test_an_unknown_cache_device_is_refused_by_name(otcache_pack, tiny_model):
+    m = tiny_model("wan21_t2v")
+    with pytest.raises(otcache_pack.otcache_core.errors.OTCacheError, match="'cache_device' must be one of model, cpu"):
+        apply(otcache_pack, m, plan_for(otcache_pack.otcache_core, [0, 5]), cache_device="gpu")
