@@ -290,14 +290,14 @@ def load_taylorseer() -> tuple[Any, str]:
         return None, f"{TAYLORSEER_PACK} does not load on this ComfyUI: {type(exc).__name__}: {exc}"
 
 
-def taylorseer_row(bench: Bench, node: Any, order: int) -> Row:
-    """The real TaylorSeer Lite node (model_type flux, first_enhance 3, last_enhance at its default 50)
-    at its natural computed counts; the count is checked on the model's final layer."""
-    row = Row(f"TaylorSeer Lite (real node, order {order})", "its own", f"order {order}")
-    counter = FinalLayerCalls(bench.testbed.patcher.model.diffusion_model.final_layer)
+def taylorseer_row(bench: Bench, node: Any, order: int, model_type: str = "flux", head: str = "final_layer") -> Row:
+    """The real TaylorSeer Lite node (first_enhance 3, last_enhance at its default 50) at its natural
+    computed counts; the count is checked on the model's output layer ``head``."""
+    row = Row(f"TaylorSeer Lite (real node, order {order}, {model_type})", "its own", f"order {order}")
+    counter = FinalLayerCalls(getattr(bench.testbed.patcher.model.diffusion_model, head))
     try:
         for interval in TAYLORSEER_INTERVALS:
-            (model,) = node().apply_taylorseer_lite(bench.testbed.patcher, "flux", interval, order, WARMUP, 50)
+            (model,) = node().apply_taylorseer_lite(bench.testbed.patcher, model_type, interval, order, WARMUP, 50)
             counter.calls = 0
             images = bench.sample(model)
             budget = len(taylorseer_steps(bench.steps, interval))

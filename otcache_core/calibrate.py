@@ -295,6 +295,16 @@ def estimated_calls(settings: CalibrationSettings, steps: int, validation: bool)
     return calls
 
 
+def projected_time(calls_done: int, seconds_done: float, calls_in_all: int) -> str:
+    """What the rest of a calibration will take at the pace of its first stage (full-compute runs, so
+    about the cost of a model call at this size): the line a user reads before waiting."""
+    per_call = seconds_done / max(1, calls_done)
+    rest = max(0, calls_in_all - calls_done) * per_call
+    when = f"{rest / 3600:.1f} h" if rest >= 3600 else f"{rest / 60:.1f} min" if rest >= 60 else f"{rest:.0f} s"
+    return (f"{per_call:.3g} s per model call at this size (the full-compute runs): the other {calls_in_all - calls_done} "
+            f"calls take about {when}")
+
+
 RowMeasure = Callable[[int], tuple[list[float | None], int]]
 
 
@@ -596,6 +606,7 @@ def calibrate(
     checked_full = validation.run([True] * T) if validation is not None else None
     cost_calls["trajectories"] = full.model_calls + (checked_full.model_calls if checked_full else 0)
     cost_seconds["trajectories"] = time.perf_counter() - t0
+    say(projected_time(cost_calls["trajectories"], cost_seconds["trajectories"], sum(estimate.values())))
     if progress:
         progress("trajectories", 1, 1)
 

@@ -172,3 +172,12 @@ def test_too_few_steps_is_rejected(make_sampler):
 def test_default_budgets_are_half_and_a_sixth():
     assert default_budgets(50) == (25, 8)
     assert default_budgets(4) == (2, 1)
+
+
+def test_the_rest_of_a_calibration_is_projected_from_the_pace_of_its_first_stage():
+    from otcache_core.calibrate import projected_time
+
+    assert projected_time(60, 30.0, 1460) == ("0.5 s per model call at this size (the full-compute runs): the other "
+                                              "1400 calls take about 11.7 min")
+    assert projected_time(60, 3600.0, 1460).endswith("about 23.3 h")
+    assert projected_time(10, 1.0, 20).endswith("about 1 s")
