@@ -146,6 +146,18 @@ class Bench:
         return self.psnrs(images)
 
 
+def evaluation_set(df: Any, development: bool, quick: bool = False) -> tuple[list[str], tuple[int, ...], str]:
+    """``(prompts, seeds, name)`` of the samples a benchmark scores on: the held-out ones (odd-digit prompts,
+    :data:`EVAL_SEEDS`), or with ``development`` the ones defaults are decided on (even-digit prompts,
+    :data:`DEVELOPMENT_SEEDS`); ``quick``: every fifth prompt and one seed."""
+    if development:
+        prompts = [df.prompt(d, t) for d in range(0, 10, 2) for t in range(len(df.TEMPLATES))]
+        seeds, name = DEVELOPMENT_SEEDS, "development"
+    else:
+        prompts, seeds, name = df.evaluation_prompts(), EVAL_SEEDS, "held-out"
+    return (prompts[::5], seeds[:1], name) if quick else (prompts, seeds, name)
+
+
 def summarize(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), min(values)
 
@@ -495,15 +507,9 @@ def main() -> None:
     pack, df = setup(args.threads)
     budgets = tuple(args.budgets)
     testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    if args.development:
-        prompts = [df.prompt(d, t) for d in range(0, 10, 2) for t in range(len(df.TEMPLATES))][:: 5 if args.quick else 1]
-        seeds = DEVELOPMENT_SEEDS[:1] if args.quick else DEVELOPMENT_SEEDS
-    else:
-        prompts = df.evaluation_prompts()[:: 5 if args.quick else 1]
-        seeds = EVAL_SEEDS[:1] if args.quick else EVAL_SEEDS
+    prompts, seeds, where = evaluation_set(df, args.development, args.quick)
     bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
-    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {len(prompts)} "
-          f"{'development' if args.development else 'held-out'} "
+    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {len(prompts)} {where} "
           f"prompts x {len(seeds)} seeds = {bench.size} samples; full-compute reference in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     rows: list[Row] = []

@@ -23,11 +23,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfyui_fidelity import (  # noqa: E402  (a sibling script)
-    DEVELOPMENT_SEEDS, EVAL_SEEDS, TAYLORSEER_INTERVALS, Bench, Row, even_plan, load_taylorseer, print_table, setup,
+    TAYLORSEER_INTERVALS, evaluation_set, Bench, Row, even_plan, load_taylorseer, print_table, setup,
     summarize, taylorseer_row, taylorseer_steps)
 
 RULES = ("linear", "horizon2", "quadratic", "taylor2")
@@ -45,11 +44,7 @@ def main() -> None:
     started = time.perf_counter()
     pack, df = setup(args.threads)
     testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    if args.development:
-        prompts = [df.prompt(d, t) for d in range(0, 10, 2) for t in range(len(df.TEMPLATES))]
-        seeds, where = DEVELOPMENT_SEEDS, "development"
-    else:
-        prompts, seeds, where = df.evaluation_prompts(), EVAL_SEEDS, "held-out"
+    prompts, seeds, where = evaluation_set(df, args.development)
     bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
     T = bench.steps
     core = pack.otcache_core

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfyui_fidelity import (  # noqa: E402  (a sibling script)
-    DEVELOPMENT_SEEDS, DRAW_DIGITS, EVAL_SEEDS, Bench, calibrate, node_defaults, setup, summarize)
+    DRAW_DIGITS, Bench, evaluation_set, calibrate, node_defaults, setup, summarize)
 
 BUDGETS = tuple(range(20, 5, -1))
 TARGETS = (40.0, 45.0, 50.0)
@@ -65,11 +65,7 @@ def main() -> None:
     started = time.perf_counter()
     pack, df = setup(args.threads)
     testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    if args.development:
-        prompts = [df.prompt(d, t) for d in range(0, 10, 2) for t in range(len(df.TEMPLATES))]
-        seeds, where = DEVELOPMENT_SEEDS, "development"
-    else:
-        prompts, seeds, where = df.evaluation_prompts(), EVAL_SEEDS, "held-out"
+    prompts, seeds, where = evaluation_set(df, args.development)
     bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
     T = bench.steps
     print(f"{args.testbed}: {where} samples {bench.size}; reference in {time.perf_counter() - started:.0f} s", flush=True)

@@ -58,7 +58,7 @@ from ..plan import BudgetRule, SchedulePlan
 from ..reuse import HOLD_RULE, HORIZON2_RULE, LINEAR_RULE, ReuseRule, parse_rule, rules_summary, step_rules
 from ..schedule import Schedule
 from ..warp import identity_warp, sample_warp
-from .baselines import ThresholdPolicy, hand_schedule, make_policies, tune_threshold
+from .baselines import hand_schedule, make_policies, tune_threshold
 from .task import (
     ProgressBar,
     SpeedMeter,
