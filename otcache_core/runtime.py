@@ -84,7 +84,7 @@ class RunReport:
     control_skipped: int = 0
     """Control-model evaluations left out because their model call reused."""
     kept_bytes: int = 0
-    """The most memory the run's stored values (every stream's history) held at once."""
+    """The most memory the run's stored values (every stream's history) held between model calls."""
     kept_on: str = ""
     """Where they were kept when not on the model's device (``cpu``: OTCache Apply's ``cache_device``)."""
 
@@ -142,6 +142,7 @@ class RunReport:
             "control_ran": self.control_ran,
             "control_skipped": self.control_skipped,
             "kept_bytes": self.kept_bytes,
+            "kept_on": self.kept_on,
             "wall_seconds": self.wall_seconds,
             "rules": dict(self.rules),
             "notes": list(self.notes),
