@@ -158,6 +158,15 @@ def evaluation_set(df: Any, development: bool, quick: bool = False) -> tuple[lis
     return (prompts[::5], seeds[:1], name) if quick else (prompts, seeds, name)
 
 
+def open_bench(testbed_name: str, development: bool, threads: int, quick: bool = False) -> tuple[Any, Any, Bench, str]:
+    """``(pack, digit_flux module, bench, samples' name)``: ComfyUI set up, the DigitFlux testbed
+    (``digitflux`` or ``distilled``) loaded and its evaluation set sampled at full compute."""
+    pack, df = setup(threads)
+    testbed = df.load(variant="distilled" if testbed_name == "distilled" else "teacher")
+    prompts, seeds, where = evaluation_set(df, development, quick)
+    return pack, df, Bench(pack, df, testbed, prompts, seeds, df.STEPS), where
+
+
 def summarize(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), min(values)
 
@@ -504,13 +513,10 @@ def main() -> None:
                         "shipped calibration workflow does (objective on decoded digits, PSNR of images)")
     args = parser.parse_args()
     started = time.perf_counter()
-    pack, df = setup(args.threads)
-    budgets = tuple(args.budgets)
-    testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    prompts, seeds, where = evaluation_set(df, args.development, args.quick)
-    bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
-    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {len(prompts)} {where} "
-          f"prompts x {len(seeds)} seeds = {bench.size} samples; full-compute reference in "
+    pack, df, bench, where = open_bench(args.testbed, args.development, args.threads, args.quick)
+    budgets, testbed = tuple(args.budgets), bench.testbed
+    print(f"{args.testbed}: cfg {testbed.cfg}, guidance {testbed.guidance}; evaluation: {where} samples, "
+          f"{bench.size} of them; full-compute reference in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     rows: list[Row] = []
     timings: dict[str, float] = {}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfyui_fidelity import (  # noqa: E402  (a sibling script)
-    TAYLORSEER_INTERVALS, evaluation_set, Bench, Row, even_plan, load_taylorseer, print_table, setup,
+    TAYLORSEER_INTERVALS, Row, even_plan, load_taylorseer, open_bench, print_table,
     summarize, taylorseer_row, taylorseer_steps)
 
 RULES = ("linear", "horizon2", "quadratic", "taylor2")
@@ -42,10 +42,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     started = time.perf_counter()
-    pack, df = setup(args.threads)
-    testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    prompts, seeds, where = evaluation_set(df, args.development)
-    bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
+    pack, df, bench, where = open_bench(args.testbed, args.development, args.threads)
+    testbed = bench.testbed
     T = bench.steps
     core = pack.otcache_core
     print(f"{args.testbed}: {where} samples {bench.size}", flush=True)

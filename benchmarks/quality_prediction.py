@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfyui_fidelity import (  # noqa: E402  (a sibling script)
-    DRAW_DIGITS, Bench, evaluation_set, calibrate, node_defaults, setup, summarize)
+    DRAW_DIGITS, Bench, calibrate, node_defaults, open_bench, summarize)
 
 BUDGETS = tuple(range(20, 5, -1))
 TARGETS = (40.0, 45.0, 50.0)
@@ -63,10 +63,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write every cell (expected and measured, per draw and budget) here")
     args = parser.parse_args()
     started = time.perf_counter()
-    pack, df = setup(args.threads)
-    testbed = df.load(variant="distilled" if args.testbed == "distilled" else "teacher")
-    prompts, seeds, where = evaluation_set(df, args.development)
-    bench = Bench(pack, df, testbed, prompts, seeds, df.STEPS)
+    pack, df, bench, where = open_bench(args.testbed, args.development, args.threads)
+    testbed = bench.testbed
     T = bench.steps
     print(f"{args.testbed}: {where} samples {bench.size}; reference in {time.perf_counter() - started:.0f} s", flush=True)
     measured: dict[tuple[int, int], tuple[float, float]] = {}  # (draw, budget) -> (mean, worst) on the evaluation set
