@@ -80,9 +80,9 @@ def _parse(argv: list[str] | None) -> _Args:
     parser.add_argument("--data", required=True, help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
     parser.add_argument("--out", default=str(REPO / "tests" / "comfyui" / "weights" / "digit_wan.safetensors"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=4000, help="optimizer steps (fixed, not time-based)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--steps", type=int, default=12000, help="optimizer steps (fixed, not time-based)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1, help="results are reproducible for a fixed thread count")
     parser.add_argument("--check", type=int, default=2, help="sampled clips per prompt after training (0: none)")
     parser.add_argument("--shifted", type=float, default=ClipConfig.shifted, help="share of shift-8 sigmas")
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
             "clips": json.dumps({**asdict(cc), "frames": dw.FRAMES, "size": dw.SIZE, "digit": dw.DIGIT,
                                  "speed": dw.SPEED, "min_travel": dw.MIN_TRAVEL, "start_spread": dw.START_SPREAD,
                                  "across_spread": dw.ACROSS_SPREAD, "motions": dw.MOTIONS}),
+            "model_space": json.dumps({"pixel_mean": dw.PIXEL_MEAN, "pixel_std": dw.PIXEL_STD,
+                                       "signal_std": dw.SIGNAL_STD}),
             "digest": digest, "prompt_template": dw.TEMPLATE, "text_encoder": dw.TEXT_ENCODER_WEIGHTS.name,
             "text_encoder_sha256": clip_sha, "text_encoder_digest": df.text_encoder_digest(clip)}
     report = save_weights(fp16_tensors("diffusion_model", model), args.out, meta)
