@@ -224,19 +224,24 @@ def easycache_model(model: Any, threshold: float, start: float, end: float) -> t
     return patched, counter
 
 
-class EasyCacheSearch:
-    """EasyCache's threshold bisected (geometrically) to a computed-step count; every probe is kept, so
-    later budgets start from the bracket earlier probes already found."""
+class ThresholdSearch:
+    """A peer's threshold bisected (geometrically) to a computed-step count; every probe is kept, so
+    later budgets start from the bracket earlier probes already found.
 
-    def __init__(self, bench: Bench, start: float, end: float) -> None:
-        self.bench, self.start, self.end = bench, start, end
+    ``build(threshold)`` returns the patched model and a function that, called after the run, says how
+    many steps it computed; ``low`` and ``high`` bracket the node's threshold range (more computed steps
+    at ``low``); ``describe`` names the other settings in the row's note."""
+
+    def __init__(self, bench: Bench, build: Callable[[float], tuple[Any, Callable[[], int]]], describe: str,
+                 low: float = 1e-4, high: float = 3.0) -> None:
+        self.bench, self.build, self.describe, self.low, self.high = bench, build, describe, low, high
         self.probes: dict[float, tuple[int, Any]] = {}
 
     def probe(self, threshold: float) -> int:
         if threshold not in self.probes:
-            model, counter = easycache_model(self.bench.testbed.patcher, threshold, self.start, self.end)
+            model, computed = self.build(threshold)
             images = self.bench.sample(model)
-            self.probes[threshold] = (len(counter.sigmas), images)
+            self.probes[threshold] = (computed(), images)
         return self.probes[threshold][0]
 
     def at(self, budget: int, tries: int = 12) -> tuple[list[float], str] | None:
@@ -245,19 +250,31 @@ class EasyCacheSearch:
             hits = [t for t, (n, _) in self.probes.items() if n == budget]
             if hits:
                 t = hits[0]
-                return self.bench.psnrs(self.probes[t][1]), f"threshold {t:.4g} (start {self.start:.0%}, end {self.end:.0%})"
-            lo = max([t for t, (n, _) in self.probes.items() if n > budget], default=1e-4)
-            hi = min([t for t, (n, _) in self.probes.items() if n < budget], default=3.0)  # the node's maximum
+                return self.bench.psnrs(self.probes[t][1]), f"threshold {t:.4g} ({self.describe})"
+            if all(n > budget for n, _ in self.probes.values()) and self.probe(self.high) > budget:
+                return None  # not even the node's largest threshold skips enough
+            lo = max([t for t, (n, _) in self.probes.items() if n > budget], default=self.low)
+            hi = min([t for t, (n, _) in self.probes.items() if n < budget], default=self.high)
             if hi <= lo or (hi in self.probes and lo in self.probes and hi / lo < 1.0005):
                 return None
             self.probe(math.sqrt(lo * hi))
         return None
 
 
+def easycache_search(bench: Bench, start: float, end: float) -> ThresholdSearch:
+    """ComfyUI's EasyCache at ``start`` / ``end`` percent, its threshold up to the node's maximum 3."""
+
+    def build(threshold: float) -> tuple[Any, Callable[[], int]]:
+        model, counter = easycache_model(bench.testbed.patcher, threshold, start, end)
+        return model, lambda: len(counter.sigmas)
+
+    return ThresholdSearch(bench, build, f"start {start:.0%}, end {end:.0%}")
+
+
 def easycache_row(bench: Bench, budgets: tuple[int, ...]) -> Row:
     """EasyCache at its own start / end percent (15 %, 95 %); where that cannot reach a budget, at 0 / 100 %."""
     row = Row("easycache (ComfyUI node)", "model", "its own")
-    searches = [EasyCacheSearch(bench, 0.15, 0.95), EasyCacheSearch(bench, 0.0, 1.0)]
+    searches = [easycache_search(bench, 0.15, 0.95), easycache_search(bench, 0.0, 1.0)]
     notes = []
     for budget in budgets:
         found = searches[0].at(budget) or searches[1].at(budget)
@@ -296,19 +313,24 @@ class FinalLayerCalls:
         self.calls += 1
 
 
-def load_taylorseer() -> tuple[Any, str]:
-    """philipy1219/ComfyUI-TaylorSeer's ``TaylorSeerLite`` class from ``$OTCACHE_PEER_PACKS``, or the reason
+def load_peer_node(pack: str, node: str, commit: str) -> tuple[Any, str]:
+    """The node class ``node`` of the pack ``$OTCACHE_PEER_PACKS/<pack>`` (``owner+repo``), or the reason
     it is not there."""
     from comfyui.conftest import PEER_PACKS_ENV, load_pack
 
     root = os.environ.get(PEER_PACKS_ENV, "").strip()
-    folder = Path(root) / TAYLORSEER_PACK
+    folder = Path(root) / pack
     if not root or not (folder / "__init__.py").is_file():
-        return None, f"{PEER_PACKS_ENV}/{TAYLORSEER_PACK} not found (fetch github:philipy1219/ComfyUI-TaylorSeer at 94dc45d)"
+        return None, f"{PEER_PACKS_ENV}/{pack} not found (fetch github:{pack.replace('+', '/')} at {commit})"
     try:
-        return load_pack(folder, "peer_taylorseer").NODE_CLASS_MAPPINGS["TaylorSeerLite"], ""
-    except Exception as exc:  # its head needs a newer ComfyUI than 0.3.64
-        return None, f"{TAYLORSEER_PACK} does not load on this ComfyUI: {type(exc).__name__}: {exc}"
+        return load_pack(folder, "peer_" + pack.split("+")[-1].replace("-", "_").lower()).NODE_CLASS_MAPPINGS[node], ""
+    except Exception as exc:  # e.g. a head that needs a newer ComfyUI than 0.3.64, or a missing dependency
+        return None, f"{pack} does not load on this ComfyUI: {type(exc).__name__}: {exc}"
+
+
+def load_taylorseer() -> tuple[Any, str]:
+    """philipy1219/ComfyUI-TaylorSeer's ``TaylorSeerLite`` class, or the reason it is not there."""
+    return load_peer_node(TAYLORSEER_PACK, "TaylorSeerLite", "94dc45d")
 
 
 def taylorseer_row(bench: Bench, node: Any, order: int, model_type: str = "flux", head: str = "final_layer") -> Row:

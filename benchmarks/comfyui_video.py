@@ -18,8 +18,9 @@ prompts (every motion) with other seeds. Rows (every OTCache row checked to comp
 * **even** spacing with each rule;
 * the **Wan presets** (``wan2.1-t2v-1.3b``, ``wan2.1-t2v-14b``) at Apply's defaults and with ``hold``;
 * **peers**, each its real node at equal computed steps: ComfyUI's EasyCache (threshold bisected) and
-  TaylorSeer Lite (``wanvideo``, its natural counts, from ``$OTCACHE_PEER_PACKS``); TeaCache and MagCache
-  are not measured (the reason is printed);
+  TaylorSeer Lite (``wanvideo``, its natural counts), TeaCache and MagCache (their Wan 2.1 T2V 1.3B
+  settings, threshold bisected; computed steps counted on the first transformer block), the last three
+  from ``$OTCACHE_PEER_PACKS``;
 * **calibrate small, run big**: the default pipeline calibrated on 4 of the 8 latent frames and run at
   8, against the same calibration made at 8 frames;
 * **Wan 2.2's two experts** as the shipped workflow runs them: two KSamplerAdvanced over 20 steps, the
@@ -27,7 +28,8 @@ prompts (every motion) with other seeds. Rows (every OTCache row checked to comp
   noise added), each model through its own OTCache Apply with its own schedule of its 10 steps (DigitWan
   stands in for both experts: what is measured is the split, not the experts). Budget splits of 10
   computed steps (high-noise + low-noise: 6 + 4 as shipped, 5 + 5, 4 + 6, 7 + 3) against the split's
-  own full compute, and one schedule of 10 of 20 across one sampler's whole run against that run's.
+  own full compute, and one schedule of 10 of 20 across one sampler's whole run against that run's; on
+  the development prompts (where the split is chosen) and on the held-out ones (where it is confirmed).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfyui_fidelity import (  # noqa: E402  (a sibling script)
-    Bench, EasyCacheSearch, Row, calibrate, even_plan, load_taylorseer, mean_of,
+    Bench, Row, ThresholdSearch, calibrate, easycache_search, even_plan, load_peer_node, load_taylorseer, mean_of,
     node_defaults, plan_from, preset_plan, setup, summarize, taylorseer_row)
 
 BUDGETS = (20, 16, 14, 12, 10, 9, 8, 7, 6)
@@ -157,14 +159,7 @@ def main() -> None:
                                           lambda b, p=preset: preset_plan(bench, p, b), SHORT_BUDGETS, motion))
     print(f"even and presets done at {time.perf_counter() - started:.0f} s", flush=True)
     # peers, each its real node
-    search = EasyCacheSearch(bench, 0.15, 0.95)
-    easy = Row("EasyCache (ComfyUI node, fair run)", "its own", "its own")
-    for budget in BUDGETS:
-        found = search.at(budget)  # its last step scores the run that computed B steps
-        if found:
-            scored(bench, easy, budget, found[0], motion)
-            easy.note += f"B={budget}: {found[1]}; "
-    rows.append(easy)
+    rows.append(searched_row(bench, "EasyCache (ComfyUI node, fair run)", [easycache_search(bench, 0.15, 0.95)], motion))
     node, why = load_taylorseer()
     if node is None:
         print(f"TaylorSeer Lite not measured: {why}", flush=True)
@@ -176,14 +171,20 @@ def main() -> None:
             rows.append(row)
         except Exception as exc:  # the node refuses this model
             print(f"TaylorSeer Lite not measured: {type(exc).__name__}: {exc}", flush=True)
-    print("TeaCache and MagCache not measured: their Wan forwards replace ComfyUI's, and counting the steps they "
-          "compute on this model was not reliable (a first try reported a MagCache run at 12 of 30 identical to "
-          "full compute); see RESULTS.md", flush=True)
-    split = expert_split_rows(bench)
+    for label, searches in block_cache_searches(bench):
+        if isinstance(searches, str):
+            print(f"{label} not measured: {searches}", flush=True)
+        else:
+            rows.append(searched_row(bench, label, searches, motion))
+    development = VideoBench(pack, dw, testbed, dw.calibration_prompts()[:: 5 if args.quick else 1],
+                             dw.CALIBRATION_SEEDS[:1])
+    splits = {"development (even digits, calibration seed)": expert_split_rows(development),
+              "held out": expert_split_rows(bench)}
     print_video_table(rows, motion, bench.steps)
-    print("\nWan 2.2's two experts, 20 steps split at 10, even schedules, model mode; PSNR over all frames "
-          "mean / worst / motion PSNR against the split's own full compute\n")
-    print(split[0] + "\n\n| run | PSNR |\n|---|---:|\n" + "\n".join(split[1:]))
+    for side, split in splits.items():
+        print(f"\nWan 2.2's two experts, {side}: 20 steps split at 10, even schedules, model mode; PSNR over all "
+              "frames mean / worst / motion PSNR against the split's own full compute\n")
+        print(split[0] + "\n\n| run | PSNR |\n|---|---:|\n" + "\n".join(split[1:]))
     print("\n" + "\n".join(lines))
     default = rows[len(draws)]
     for row in rows[len(draws) + 2:]:
@@ -193,8 +194,91 @@ def main() -> None:
                 f"B={b} {default.mean[b] - row.mean[b]:+.2f}" for b in common))
     print(f"\nwall {time.perf_counter() - started:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "motion": motion, "lines": lines},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "motion": motion, "lines": lines,
+                                               "splits": splits}, indent=1))
+
+
+def searched_row(bench: VideoBench, label: str, searches: list[ThresholdSearch], motion: dict) -> Row:
+    """A peer at every budget it reaches: the first search (setting) that reaches it exactly."""
+    row = Row(label, "its own", "its own")
+    for budget in BUDGETS:
+        found = next((f for f in (s.at(budget) for s in searches) if f), None)
+        if found:
+            scored(bench, row, budget, found[0], motion)
+        row.note += f"B={budget}: {found[1] if found else 'not reached'}; "
+    return row
+
+
+class BlockSteps:
+    """The steps at which a Wan's first transformer block ran: TeaCache and MagCache replace the Wan's
+    ``forward_orig`` and skip the blocks (not the call) at the steps they reuse. A ``DIFFUSION_MODEL``
+    wrapper notes each call's sigma; a forward hook on ``blocks[0]`` collects it. :meth:`computed` ends
+    the count (removes the hook)."""
+
+    def __init__(self, model: Any) -> None:
+        import comfy.patcher_extension as pe
+
+        self.sigma = None
+        self.sigmas: set[float] = set()
+        model.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "bench_block_steps", self.note_sigma)
+        self.handle = model.model.diffusion_model.blocks[0].register_forward_hook(self.block_ran)
+
+    def note_sigma(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sigma = round(float(args[-1]["sigmas"].reshape(-1)[0]), 7)
+        return executor(*args, **kwargs)
+
+    def block_ran(self, *_: Any) -> None:
+        self.sigmas.add(self.sigma)
+
+    def computed(self) -> int:
+        self.handle.remove()
+        return len(self.sigmas)
+
+
+TEACACHE = ("welltop-cn+ComfyUI-TeaCache", "TeaCache", "91dff8e")
+MAGCACHE = ("Zehong-Ma+ComfyUI-MagCache", "MagCache", "47bdd2a")
+MAGCACHE_SETTINGS = ((0.2, 4), (0.2, 6), (0.1, 6))
+"""Retention ratio and K: its README's Wan 2.1 1.3B setting, then the node's largest K, then also its
+smallest retention (the first 20 % or 10 % of the steps are always computed)."""
+
+
+def block_cache_searches(bench: VideoBench) -> list[tuple[str, list[ThresholdSearch] | str]]:
+    """The real TeaCache and MagCache nodes with their published Wan 2.1 T2V 1.3B settings (their READMEs:
+    TeaCache retention mode, start 10 %; MagCache retention ratio 0.2, K = 4), each threshold bisected to
+    the budget; MagCache also at :data:`MAGCACHE_SETTINGS` where its own cannot skip enough. Either
+    searches or the reason a node is not measured."""
+    out: list[tuple[str, list[ThresholdSearch] | str]] = []
+
+    def counted(patched: Any) -> tuple[Any, Any]:
+        counter = BlockSteps(patched)
+        return patched, counter.computed
+
+    tea, why = load_peer_node(*TEACACHE)
+    label = "TeaCache (real node, wan2.1_t2v_1.3B_ret_mode, start 10 %)"
+    if tea is None:
+        out.append((label, why))
+    else:
+        def build_tea(threshold: float) -> tuple[Any, Any]:
+            (patched,) = tea().apply_teacache(bench.testbed.patcher, "wan2.1_t2v_1.3B_ret_mode", threshold, 0.1, 1.0,
+                                              "cpu")
+            return counted(patched)
+
+        out.append((label, [ThresholdSearch(bench, build_tea, "ret mode, start 10 %", 1e-4, 10.0)]))
+    mag, why = load_peer_node(*MAGCACHE)
+    label = "MagCache (real node, wan2.1_t2v_1.3B)"
+    if mag is None:
+        out.append((label, why))
+    else:
+        def build_mag(retention: float, k: int) -> Callable[[float], tuple[Any, Any]]:
+            def build(threshold: float) -> tuple[Any, Any]:
+                (patched,) = mag().apply_magcache(bench.testbed.patcher, "wan2.1_t2v_1.3B", threshold, retention, k,
+                                                  0, -1)
+                return counted(patched)
+            return build
+
+        out.append((label, [ThresholdSearch(bench, build_mag(r, k), f"retention {r}, K = {k}", 1e-4, 0.3)
+                            for r, k in MAGCACHE_SETTINGS]))
+    return out
 
 
 SPLIT_STEPS, SPLIT_AT = 20, 10
