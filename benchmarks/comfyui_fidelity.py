@@ -474,11 +474,11 @@ def even_plan(bench: Bench, budget: int) -> Any:
     return core.plan.SchedulePlan.from_schedule(schedule, label=f"even {budget}")
 
 
-def preset_plan(bench: Bench, preset: str, budget: int) -> Any:
-    """OTCache Schedule at its defaults with a shipped ``preset`` and ``budget`` of ``steps``."""
+def preset_plan(bench: Bench, preset: str, budget: int, steps: int | None = None) -> Any:
+    """OTCache Schedule at its defaults with a shipped ``preset`` and ``budget`` of ``steps`` (the bench's)."""
     schedule_node = bench.pack.nodes.OTCacheSchedule
     inputs = node_defaults(schedule_node)
-    inputs.update(preset=preset, steps=bench.steps, budget=budget, budget_as="computed steps")
+    inputs.update(preset=preset, steps=steps or bench.steps, budget=budget, budget_as="computed steps")
     return schedule_node().make(**inputs)[0]
 
 

@@ -112,6 +112,12 @@ def main() -> None:
     parser.add_argument("--all-seeds", action="store_true", help="both evaluation seeds (40 clips; default 20)")
     parser.add_argument("--draws", type=int, default=len(DRAWS), help="calibration draws (even digits)")
     parser.add_argument("--weights", help="another DigitWan file (default: the shipped one)")
+    parser.add_argument("--experts", nargs=2, metavar=("HIGH", "LOW"),
+                        help="Wan 2.2-style expert files (tools/train_digit_wan.py --init --sigmas) for the split rows")
+    parser.add_argument("--only", choices=("default", "presets", "splits"),
+                        help="only the default pipeline's draws, the preset rows (development and held out) or the "
+                             "Wan 2.2 split rows")
+    parser.add_argument("--reuse-rules", help="Calibrate's reuse_rules for the default pipeline rows (default: its own)")
     parser.add_argument("--json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -124,20 +130,34 @@ def main() -> None:
     bench = VideoBench(pack, dw, testbed, prompts, seeds)
     print(f"DigitWan: {bench.size} held-out clips, T = {bench.steps}, cfg {testbed.cfg}; reference in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
+    if args.only == "splits":
+        print_splits(expert_splits(pack, dw, testbed, bench, args))
+        return
+    if args.only == "presets":
+        development = VideoBench(pack, dw, testbed, dw.calibration_prompts(), dw.CALIBRATION_SEEDS[:1])
+        for side, b in (("development", development), ("held out", bench)):
+            print_video_table(preset_rows(b, {}), {}, b.steps, f"{side} clips")
+        return
     motion: dict[str, dict[int, float]] = {}
     rows: list[Row] = []
     lines: list[str] = []
     draws = DRAWS[:1] if args.quick else DRAWS[: args.draws]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        records = [calibrate(bench, folder, f"draw {d}", [dw.prompt(d, d // 2 % len(dw.MOTIONS))])[0] for d in draws]
+        rules = {"reuse_rules": args.reuse_rules} if args.reuse_rules else {}
+        records = [calibrate(bench, folder, f"draw {d}", [dw.prompt(d, d // 2 % len(dw.MOTIONS))], **rules)[0]
+                   for d in draws]
         print(f"calibrations done at {time.perf_counter() - started:.0f} s", flush=True)
         own = [otcache_video_row(bench, f"default pipeline, draw '{dw.prompt(d, d // 2 % len(dw.MOTIONS))}'", "model",
                                  "calibrated", lambda b, r=r: plan_from(bench, r, b), BUDGETS, motion)
                for d, r in zip(draws, records)]
         rows += own + [mean_of(own, f"default pipeline, mean of {len(own)} draws", "model", "calibrated", BUDGETS)]
-        motion["default pipeline mean | calibrated"] = {
+        motion[rows[-1].method + " | calibrated"] = {
             b: statistics.fmean(motion[r.method + " | calibrated"][b] for r in own) for b in BUDGETS}
+        if args.only == "default":
+            print(f"reuse rules tried: {args.reuse_rules or 'Calibrate default'}")
+            print_video_table(rows, motion, bench.steps)
+            return
         small_latent = {"samples": torch.zeros(1, dw.CHANNELS, dw.FRAMES // 2, dw.LATENT, dw.LATENT)}
         small = []
         for d in draws:
@@ -153,10 +173,7 @@ def main() -> None:
         print(f"default pipeline done at {time.perf_counter() - started:.0f} s", flush=True)
     for rule in RULES:
         rows.append(otcache_video_row(bench, "even", "model", rule, lambda b: even_plan(bench, b), BUDGETS, motion))
-    for preset in WAN_PRESETS:
-        for rule in ("calibrated", "hold"):
-            rows.append(otcache_video_row(bench, f"preset {preset}", "model", rule,
-                                          lambda b, p=preset: preset_plan(bench, p, b), SHORT_BUDGETS, motion))
+    rows += preset_rows(bench, motion)
     print(f"even and presets done at {time.perf_counter() - started:.0f} s", flush=True)
     # peers, each its real node
     rows.append(searched_row(bench, "EasyCache (ComfyUI node, fair run)", [easycache_search(bench, 0.15, 0.95)], motion))
@@ -176,15 +193,9 @@ def main() -> None:
             print(f"{label} not measured: {searches}", flush=True)
         else:
             rows.append(searched_row(bench, label, searches, motion))
-    development = VideoBench(pack, dw, testbed, dw.calibration_prompts()[:: 5 if args.quick else 1],
-                             dw.CALIBRATION_SEEDS[:1])
-    splits = {"development (even digits, calibration seed)": expert_split_rows(development),
-              "held out": expert_split_rows(bench)}
+    splits = expert_splits(pack, dw, testbed, bench, args)
     print_video_table(rows, motion, bench.steps)
-    for side, split in splits.items():
-        print(f"\nWan 2.2's two experts, {side}: 20 steps split at 10, even schedules, model mode; PSNR over all "
-              "frames mean / worst / motion PSNR against the split's own full compute\n")
-        print(split[0] + "\n\n| run | PSNR |\n|---|---:|\n" + "\n".join(split[1:]))
+    print_splits(splits)
     print("\n" + "\n".join(lines))
     default = rows[len(draws)]
     for row in rows[len(draws) + 2:]:
@@ -196,6 +207,15 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [r.__dict__ for r in rows], "motion": motion, "lines": lines,
                                                "splits": splits}, indent=1))
+
+
+PRESET_RULES = ("calibrated", "hold", "horizon1", "horizon2")
+"""The Wan presets' rows: Apply's default (the preset's own rule), and the rules it was chosen among."""
+
+
+def preset_rows(bench: VideoBench, motion: dict) -> list[Row]:
+    return [otcache_video_row(bench, f"preset {preset}", "model", rule, lambda b, p=preset: preset_plan(bench, p, b),
+                              SHORT_BUDGETS, motion) for preset in WAN_PRESETS for rule in PRESET_RULES]
 
 
 def searched_row(bench: VideoBench, label: str, searches: list[ThresholdSearch], motion: dict) -> Row:
@@ -281,8 +301,32 @@ def block_cache_searches(bench: VideoBench) -> list[tuple[str, list[ThresholdSea
     return out
 
 
+def expert_splits(pack: Any, dw: Any, testbed: Any, bench: VideoBench, args: argparse.Namespace) -> dict[str, list]:
+    """The split rows on the development prompts (where the split is chosen) and the held-out ones (where
+    it is confirmed), with the testbed as both experts and, given ``--experts``, with the two experts."""
+    development = VideoBench(pack, dw, testbed, dw.calibration_prompts()[:: 5 if args.quick else 1],
+                             dw.CALIBRATION_SEEDS[:1])
+    sides = {"development (even digits, calibration seed)": development, "held out": bench}
+    out = {f"DigitWan as both experts, {side}": expert_split_rows(b) for side, b in sides.items()}
+    if args.experts:
+        experts = tuple(dw.load(f).patcher for f in args.experts)
+        out.update({f"high- and low-noise experts, {side}": expert_split_rows(b, experts) for side, b in sides.items()})
+    return out
+
+
+def print_splits(splits: dict[str, list]) -> None:
+    for side, split in splits.items():
+        print(f"\nWan 2.2's two experts ({side}): 20 steps split at 10, even schedules, model mode; PSNR over all "
+              "frames mean / worst / motion PSNR against the split's own full compute\n")
+        print(split[0] + "\n\n| run | PSNR |\n|---|---:|\n" + "\n".join(split[1:]))
+
+
 SPLIT_STEPS, SPLIT_AT = 20, 10
 EXPERT_SPLITS = ((6, 4), (5, 5), (4, 6), (7, 3))
+SPLIT_PRESETS = tuple(("wan2.1-t2v-14b", rule) for rule in ("calibrated", "hold", "horizon1", "horizon2")) + (
+    ("generic", "calibrated"), ("generic", "horizon1"))
+"""The Wan 2.2 workflow's Schedule nodes: the Wan 14B preset (what it shipped with) under each rule, and
+the generic preset (even spacing within each expert's own steps)."""
 
 
 def split_run(bench: VideoBench, first: Any, second: Any) -> torch.Tensor:
@@ -298,34 +342,44 @@ def split_run(bench: VideoBench, first: Any, second: Any) -> torch.Tensor:
     return ((s.decode_latent(low) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def expert_split_rows(bench: VideoBench) -> list[str]:
-    """The budget splits of the two experts against one schedule across the whole run (module doc)."""
+def expert_split_rows(bench: VideoBench, experts: tuple[Any, Any] | None = None) -> list[str]:
+    """The budget splits of the two experts (module doc); ``experts``: the high- and low-noise models
+    (default: the testbed as both, and then also one schedule across the whole run)."""
     import comfy.sample
 
     core, apply = bench.pack.otcache_core, bench.pack.nodes.apply_node.apply_otcache
     model = bench.testbed.patcher
+    high_model, low_model = experts or (model, model)
 
     def even(budget: int, steps: int) -> Any:
         return core.plan.SchedulePlan.from_schedule(core.warp.sample_warp(core.warp.identity_warp(), steps, budget))
-
-    reference = split_run(bench, model, model)
-    s = bench.df
-    whole = comfy.sample.sample(model, bench.noise, SPLIT_STEPS, bench.testbed.cfg, s.SAMPLER, s.SCHEDULER,
-                                bench.positive, bench.negative, bench.latent, disable_pbar=True, seed=0)
-    whole = ((s.decode_latent(whole) + 1.0) / 2.0).clamp(0.0, 1.0)
-    lines = [f"the split's full compute against one 20-step run: {statistics.fmean(clip_psnr(reference, whole)):.2f} dB"]
 
     def score(clips: torch.Tensor, against: torch.Tensor) -> str:
         mean, worst = summarize(clip_psnr(clips, against))
         moved = statistics.fmean(clip_psnr(frame_steps(clips), frame_steps(against)))
         return f"{mean:.2f} / {worst:.2f} / {moved:.2f}"
 
+    reference = split_run(bench, high_model, low_model)
+    s = bench.df
+    whole = comfy.sample.sample(model, bench.noise, SPLIT_STEPS, bench.testbed.cfg, s.SAMPLER, s.SCHEDULER,
+                                bench.positive, bench.negative, bench.latent, disable_pbar=True, seed=0)
+    whole = ((s.decode_latent(whole) + 1.0) / 2.0).clamp(0.0, 1.0)
+    lines = [f"the split's full compute against one 20-step run of the testbed: "
+             f"{statistics.fmean(clip_psnr(reference, whole)):.2f} dB"]
     for high, low in EXPERT_SPLITS:
-        clips = split_run(bench, apply(model, even(high, SPLIT_AT), "model", quiet=True),
-                          apply(model, even(low, SPLIT_STEPS - SPLIT_AT), "model", quiet=True))
+        clips = split_run(bench, apply(high_model, even(high, SPLIT_AT), "model", quiet=True),
+                          apply(low_model, even(low, SPLIT_STEPS - SPLIT_AT), "model", quiet=True))
         computed = [len(r.computed) for r in bench.reports[-2:]]
         lines.append(f"| two samplers, two Applies: {high} + {low} of 10 + 10 (computed {computed}) | "
                      f"{score(clips, reference)} |")
+    for preset, rule in SPLIT_PRESETS:  # the workflow's Schedule nodes: a preset, 6 + 4 of 10 + 10, each its own
+        clips = split_run(bench, apply(high_model, preset_plan(bench, preset, 6, SPLIT_AT), "model", reuse=rule,
+                                       quiet=True),
+                          apply(low_model, preset_plan(bench, preset, 4, SPLIT_STEPS - SPLIT_AT), "model",
+                                reuse=rule, quiet=True))
+        lines.append(f"| workflow layout: preset {preset}, 6 + 4, reuse {rule} | {score(clips, reference)} |")
+    if experts:
+        return lines
     for rule in ("calibrated", "linear"):  # calibrated: a schedule without rules runs the measured default
         patched = apply(model, even(10, SPLIT_STEPS), "model", reuse=rule, quiet=True)
         clips = comfy.sample.sample(patched, bench.noise, SPLIT_STEPS, bench.testbed.cfg, s.SAMPLER, s.SCHEDULER,
@@ -349,9 +403,10 @@ def calibrate_at(bench: VideoBench, folder: Path, name: str, prompt: str, latent
     return record
 
 
-def print_video_table(rows: list[Row], motion: dict[str, dict[int, float]], steps: int) -> None:
+def print_video_table(rows: list[Row], motion: dict[str, dict[int, float]], steps: int,
+                      clips: str = "held-out clips") -> None:
     budgets = tuple(sorted({b for r in rows for b in r.mean}, reverse=True))
-    print(f"\nPSNR over all frames (dB) against full compute, held-out clips, T = {steps}: mean / worst clip / motion "
+    print(f"\nPSNR over all frames (dB) against full compute, {clips}, T = {steps}: mean / worst clip / motion "
           "PSNR (frame differences, mean)\n")
     print("| method | reuse | " + " | ".join(f"B={b}" for b in budgets) + " |")
     print("|---|---|" + "---:|" * len(budgets))

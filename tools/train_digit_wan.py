@@ -11,7 +11,9 @@ A tiny ComfyUI Wan 2.1 T2V learns to draw 8-frame clips of a digit gliding left,
     sigma ~ U(0, 1)                             (with probability 1 - shifted: the low-noise steps)
     x = sigma noise + (1 - sigma) x0,  loss = || Wan(x, 1000 sigma, context(prompt)) - (noise - x0) ||^2
 
-where the prompt is "a digit <word> moving <motion>", replaced by the empty prompt for 10 % of the
+(``--sigmas LOW HIGH`` restricts both to an expert's noise range, ``--init`` starts from a trained
+file: that is how Wan 2.2-style high- and low-noise experts are made from DigitWan), where the prompt
+is "a digit <word> moving <motion>", replaced by the empty prompt for 10 % of the
 rows (the unconditional model that classifier-free guidance needs). Every step draws fresh clips:
 digits epoch by epoch in seeded order, a random motion each, a random start among those that end at
 least ``digit_wan.MIN_TRAVEL`` pixels along the motion (bounces included) within
@@ -33,6 +35,7 @@ training clips (rendered data) say what the judge itself reaches.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -60,6 +63,18 @@ class ClipConfig:
     """Share of rows whose sigma follows Wan's shifted sampling distribution (the rest: uniform sigma)."""
     shift: float = 8.0
     """Taken from ComfyUI's model sampling of the built Wan (``WAN21_T2V.sampling_settings``)."""
+    sigma_low: float = 0.0
+    sigma_high: float = 1.0
+    """The noise range trained: all of it, or an expert's (Wan 2.2's high-noise expert runs the steps
+    above its boundary sigma, the low-noise one those below)."""
+
+    def sigma(self, u: torch.Tensor, shifted: torch.Tensor) -> torch.Tensor:
+        """Sigmas from uniform ``u`` in [0, 1): Wan's shifted distribution where ``shifted``, else uniform,
+        both restricted to ``[sigma_low, sigma_high]`` (``u`` mapped onto the range's preimage)."""
+        s, lo, hi = self.shift, self.sigma_low, self.sigma_high
+        t_lo, t_hi = lo / (s - (s - 1) * lo), hi / (s - (s - 1) * hi)  # the inverse of t -> s t / (1 + (s - 1) t)
+        t = t_lo + u * (t_hi - t_lo)
+        return torch.where(shifted, s * t / (1 + (s - 1) * t), lo + u * (hi - lo))
 
 
 class _Args(argparse.Namespace):
@@ -73,6 +88,8 @@ class _Args(argparse.Namespace):
     check: int
     shifted: float
     config: str
+    init: str | None
+    sigmas: tuple[float, float]
 
 
 def _parse(argv: list[str] | None) -> _Args:
@@ -87,6 +104,9 @@ def _parse(argv: list[str] | None) -> _Args:
     parser.add_argument("--check", type=int, default=2, help="sampled clips per prompt after training (0: none)")
     parser.add_argument("--shifted", type=float, default=ClipConfig.shifted, help="share of shift-8 sigmas")
     parser.add_argument("--config", default="{}", help="JSON overrides of digit_wan.WAN_CONFIG (experiments)")
+    parser.add_argument("--init", help="start from this DigitWan file (a Wan 2.2-style expert fine-tuned from it)")
+    parser.add_argument("--sigmas", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(0.0, 1.0),
+                        help="train only at sigmas in [LOW, HIGH] (an expert's noise range; default: all)")
     return parser.parse_args(argv, namespace=_Args())
 
 
@@ -110,6 +130,15 @@ class ClipSource:
         across = torch.tensor(dw.valid_across())[torch.randint(0, len(dw.valid_across()), (count,), generator=gen)]
         frames = dw.render(self.small[idx], dw.positions(motions, along, across))
         return frames, self.labels[idx], motions
+
+
+def clip_fields(cc: ClipConfig) -> dict:
+    """``cc`` for the file's metadata; the full noise range is left out, so a file trained before experts
+    existed is made again byte for byte by the same arguments."""
+    fields = asdict(cc)
+    if (cc.sigma_low, cc.sigma_high) == (0.0, 1.0):
+        del fields["sigma_low"], fields["sigma_high"]
+    return fields
 
 
 def check(testbed, per_prompt: int, classifier) -> dict[str, float]:
@@ -157,8 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     empty = context.shape[0] - 1
 
     wan_config = {**dw.WAN_CONFIG, **json.loads(args.config)}
+    init = None
+    if args.init:  # the whole file, so an expert keeps its parent's config; the sha names the parent
+        init = dw.load(args.init)
+        wan_config = json.loads(init.metadata["wan_config"])
     patcher = dw.build_wan(seed=tc.seed, config=wan_config)
-    cc = ClipConfig(shifted=args.shifted, shift=float(patcher.get_model_object("model_sampling").shift))
+    if init is not None:
+        patcher.model.diffusion_model.load_state_dict(init.patcher.model.diffusion_model.state_dict())
+    cc = ClipConfig(shifted=args.shifted, shift=float(patcher.get_model_object("model_sampling").shift),
+                    sigma_low=args.sigmas[0], sigma_high=args.sigmas[1])
     model = patcher.model.diffusion_model
     n_params = sum(p.numel() for p in model.parameters())
     print(f"data: {images.shape[0]} digits; Wan {n_params:,} parameters; {tc}; {cc}", flush=True)
@@ -170,9 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         frames, digits, motions = source.draw(tc.batch_size)
         x0 = dw.to_model_space(frames)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.rand(len(digits), generator=gen)
-        shifted = torch.rand(len(digits), generator=gen) < cc.shifted
-        sigma = torch.where(shifted, cc.shift * t / (1 + (cc.shift - 1) * t), t)
+        u = torch.rand(len(digits), generator=gen)
+        sigma = cc.sigma(u, torch.rand(len(digits), generator=gen) < cc.shifted)
         which = torch.where(torch.rand(len(digits), generator=gen) < tc.label_dropout, empty,
                             digits * len(dw.MOTIONS) + motions)
         s = sigma[:, None, None, None, None]
@@ -183,17 +218,20 @@ def main(argv: list[str] | None = None) -> None:
 
     digest = state_digest(model)
     meta = {"format": dw.WEIGHTS_FORMAT, "wan_config": json.dumps(wan_config), "train": json.dumps(asdict(tc)),
-            "clips": json.dumps({**asdict(cc), "frames": dw.FRAMES, "size": dw.SIZE, "digit": dw.DIGIT,
+            "clips": json.dumps({**clip_fields(cc), "frames": dw.FRAMES, "size": dw.SIZE, "digit": dw.DIGIT,
                                  "speed": dw.SPEED, "min_travel": dw.MIN_TRAVEL, "start_spread": dw.START_SPREAD,
                                  "across_spread": dw.ACROSS_SPREAD, "motions": dw.MOTIONS}),
             "model_space": json.dumps({"pixel_mean": dw.PIXEL_MEAN, "pixel_std": dw.PIXEL_STD,
                                        "signal_std": dw.SIGNAL_STD}),
+            **({"init_sha256": hashlib.sha256(Path(args.init).read_bytes()).hexdigest()} if args.init else {}),
             "digest": digest, "prompt_template": dw.TEMPLATE, "text_encoder": dw.TEXT_ENCODER_WEIGHTS.name,
             "text_encoder_sha256": clip_sha, "text_encoder_digest": df.text_encoder_digest(clip)}
     report = save_weights(fp16_tensors("diffusion_model", model), args.out, meta)
     report.update({"wan_digest": digest, "parameters": n_params, "train_seconds": round(train_seconds, 1)})
     print(json.dumps(report, indent=1), flush=True)
-    if args.check:
+    if args.check and (cc.sigma_low, cc.sigma_high) != (0.0, 1.0):
+        print("no sampling check: an expert alone does not sample a whole run", flush=True)
+    elif args.check:
         classifier = load_classifier()
         data_gen = torch.Generator().manual_seed(12345)  # not the training's generator
         frames, digits, motions = ClipSource(small, labels, data_gen).draw(200)
