@@ -757,16 +757,17 @@ WAN22_T2V = WorkflowSpec(
     note="OTCache on Wan 2.2 T2V A14B: the high-noise model samples steps 0-10 of 20 and the low-noise model "
          "steps 10-20, in two KSamplerAdvanced. Each model has its own OTCache Apply and Schedule: every sampling "
          "run is scheduled on its own 10 steps (here 6 of 10 computed on the high-noise run, where the layout "
-         "forms, and 4 of 10 on the low-noise run).\nNo published schedule exists for Wan 2.2; the presets are "
-         "Wan 2.1 14B's (same architecture); calibrate each model for fitted ones.\nAdjust: the model file "
-         "names; the budgets; the split step (end_at_step of the first sampler = start_at_step of the second).",
+         "forms, and 4 of 10 on the low-noise run).\nThe schedules are 'generic' (evenly spaced within each run): a "
+         "whole-run preset such as wan2.1-t2v-14b puts its dense steps at the start of each half and measured 4 to 8 dB "
+         "worse in this layout (benchmarks/RESULTS.md).\nAdjust: the model file names; the budgets; the split "
+         "step (end_at_step of the first sampler = start_at_step of the second).",
     note_size=(900, 190), model="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
     split=ModelSplit("wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", budget=4, at_step=10),
     shift=Shift("ModelSamplingSD3", 8.0),
     text=PromptPair("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "a hummingbird hovering at a red hibiscus "
                     "flower, wings blurred, morning dew, macro shot, slow motion", WAN_NEGATIVE),
     latent=Latent(640, 640, 81), vae="wan_2.1_vae.safetensors",
-    schedule=ScheduleSpec("wan2.1-t2v-14b", 10, 6), sampler=SamplerSpec(20, 3.5),
+    schedule=ScheduleSpec("generic", 10, 6), sampler=SamplerSpec(20, 3.5),
     save_prefix="OTCache/wan22-t2v", fps=16.0,
     layout=Layout(note=(0, -380), model=(900, 0), schedule=(1280, -40), apply=(1660, 0), sampler=(2020, 0),
                   previews=(1280, 290), summary=(1860, 380), decode=(2600, 1100), save=(2600, 1200)))
