@@ -32,7 +32,7 @@ samples) and on a trained ComfyUI Flux (benchmarks/RESULTS.md), and it skips the
 CACHE_DEVICES = ("model", "cpu")
 """Where a run keeps what reused steps stand in with: on the model's device, or in CPU memory (long video
 clips in blocks mode: what it holds there is stated in docs/nodes.md and every run's log line)."""
-REUSE_CHOICES = (CALIBRATED, "hold", "linear", "horizon2", "horizon3", "quadratic", "taylor2", "meancache2",
+REUSE_CHOICES = (CALIBRATED, "hold", "linear", "horizon1", "horizon2", "horizon3", "quadratic", "taylor2", "meancache2",
                  "meancache3")
 """OTCache Apply's ``reuse`` input: the schedule's own rules (a calibration's or a preset's), or one rule
 everywhere."""
