@@ -114,9 +114,10 @@ def main() -> None:
     parser.add_argument("--weights", help="another DigitWan file (default: the shipped one)")
     parser.add_argument("--experts", nargs=2, metavar=("HIGH", "LOW"),
                         help="Wan 2.2-style expert files (tools/train_digit_wan.py --init --sigmas) for the split rows")
-    parser.add_argument("--only", choices=("default", "presets", "splits"),
-                        help="only the default pipeline's draws, the preset rows (development and held out) or the "
-                             "Wan 2.2 split rows")
+    parser.add_argument("--only", choices=("default", "small", "presets", "splits"),
+                        help="only the default pipeline's draws (and, with 'small', its calibrations at fewer frames), "
+                             "the preset rows (development and held out) or the Wan 2.2 split rows")
+    parser.add_argument("--small-frames", type=int, help="latent frames of the small calibrations (default: half)")
     parser.add_argument("--reuse-rules", help="Calibrate's reuse_rules for the default pipeline rows (default: its own)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -158,19 +159,24 @@ def main() -> None:
             print(f"reuse rules tried: {args.reuse_rules or 'Calibrate default'}")
             print_video_table(rows, motion, bench.steps)
             return
-        small_latent = {"samples": torch.zeros(1, dw.CHANNELS, dw.FRAMES // 2, dw.LATENT, dw.LATENT)}
+        frames = args.small_frames or dw.FRAMES // 2
+        small_latent = {"samples": torch.zeros(1, dw.CHANNELS, frames, dw.LATENT, dw.LATENT)}
         small = []
         for d in draws:
             df_calibrate = calibrate_at(bench, folder, f"small {d}", dw.prompt(d, d // 2 % len(dw.MOTIONS)), small_latent)
-            small.append(otcache_video_row(bench, f"calibrated at 4 frames, draw {d}", "model", "calibrated",
+            small.append(otcache_video_row(bench, f"calibrated at {frames} frames, draw {d}", "model", "calibrated",
                                            lambda b, r=df_calibrate: plan_from(bench, r, b), SHORT_BUDGETS, motion))
-        rows.append(mean_of(small, f"calibrated at 4 of 8 frames, run at 8, mean of {len(small)} draws", "model",
-                            "calibrated", SHORT_BUDGETS))
+        rows.append(mean_of(small, f"calibrated at {frames} of {dw.FRAMES} frames, run at {dw.FRAMES}, mean of "
+                                   f"{len(small)} draws", "model", "calibrated", SHORT_BUDGETS))
         lines.append("calibrate small, run big (mean of draws), against calibrating at full size: " + ", ".join(
             f"B={b} {rows[-1].mean[b] - rows[len(own)].mean[b]:+.2f}" for b in SHORT_BUDGETS))
         lines.append("  per draw: " + "; ".join(f"B={b} " + " / ".join(f"{s.mean[b] - o.mean[b]:+.2f}" for s, o in
                                                                         zip(small, own)) for b in SHORT_BUDGETS))
         print(f"default pipeline done at {time.perf_counter() - started:.0f} s", flush=True)
+        if args.only == "small":
+            print_video_table(rows, motion, bench.steps)
+            print("\n" + "\n".join(lines))
+            return
     for rule in RULES:
         rows.append(otcache_video_row(bench, "even", "model", rule, lambda b: even_plan(bench, b), BUDGETS, motion))
     rows += preset_rows(bench, motion)

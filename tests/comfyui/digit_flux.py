@@ -333,6 +333,20 @@ def text_encoder_digest(clip: Any) -> str:
     return state_digest(clip.cond_stage_model)
 
 
+def with_another_text_encoder(file: str | Path, out: str | Path) -> Path:
+    """A copy of the weight ``file`` at ``out`` whose text encoder differs by one changed tensor (the rest,
+    metadata included, as it was): what the files that borrow DigitFlux's encoder must refuse."""
+    from safetensors.torch import load_file, safe_open, save_file
+
+    with safe_open(str(file), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(file))
+    key = next(k for k in sorted(tensors) if k.startswith("text_encoder."))
+    tensors[key] = tensors[key] + 1
+    save_file(tensors, str(out), metadata=metadata)
+    return Path(out)
+
+
 def load(path: str | Path | None = None, variant: str = "teacher", teacher: str | Path | None = None) -> DigitFlux:
     """Load the shipped testbed (or ``path``), float32 on the CPU.
 
