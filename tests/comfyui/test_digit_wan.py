@@ -13,7 +13,8 @@ import hashlib
 import pytest
 import torch
 
-#: Measured on the shipped weights (tools/train_digit_wan.py, seed 0): see the asserts for the figures.
+#: The shipped weights (tools/train_digit_wan.py, seed 0) at seed 7: 69 % of frames show the requested digit,
+#: 100 % of clips move the requested way (the judge itself: 98 % of frames on rendered clips).
 FRAME_AGREEMENT_FLOOR = 0.60
 MOTION_AGREEMENT_FLOOR = 0.95
 HALF_BUDGET_PSNR_FLOOR = 30.0
@@ -166,7 +167,7 @@ def test_wan_model_sampling_and_the_simple_scheduler_give_shift_8_sigmas(dw, tes
     assert float(sigmas[dw.STEPS // 2]) > 0.85  # half the steps lie above sigma 0.85
 
 
-def test_samples_show_the_requested_digit_in_every_frame_and_move_the_requested_way(dw, testbed, classifier):
+def test_samples_mostly_show_the_requested_digit_and_move_the_requested_way(dw, testbed, classifier):
     prompts = dw.all_prompts()
     frames = dw.sample(testbed, prompts, [7] * len(prompts))
     digits = torch.tensor([dw.parse_prompt(p)[0] for p in prompts])
