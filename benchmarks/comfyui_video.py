@@ -16,20 +16,25 @@ prompts (every motion) with other seeds. Rows (every OTCache row checked to comp
 
 * **default pipeline**: OTCache Calibrate at its defaults on one even digit (five draws), Schedule, Apply;
 * **even** spacing with each rule;
-* the **Wan presets** (``wan2.1-t2v-1.3b``, ``wan2.1-t2v-14b``) at Apply's defaults and with ``hold``;
+* the **Wan presets** (``wan2.1-t2v-1.3b``, ``wan2.1-t2v-14b``) at Apply's defaults (their own rule) and
+  with ``hold``, ``horizon1`` and ``horizon2``;
 * **peers**, each its real node at equal computed steps: ComfyUI's EasyCache (threshold bisected) and
   TaylorSeer Lite (``wanvideo``, its natural counts), TeaCache and MagCache (their Wan 2.1 T2V 1.3B
   settings, threshold bisected; computed steps counted on the first transformer block), the last three
   from ``$OTCACHE_PEER_PACKS``;
-* **calibrate small, run big**: the default pipeline calibrated on 4 of the 8 latent frames and run at
-  8, against the same calibration made at 8 frames;
+* **calibrate small, run big**: the default pipeline calibrated on fewer latent frames (``--small-frames``,
+  default 4 of the 8) and run at 8, against the same calibration made at 8 frames;
 * **Wan 2.2's two experts** as the shipped workflow runs them: two KSamplerAdvanced over 20 steps, the
   first (steps 0-10, adding the noise, returning it with its leftover noise) and the second (10-20, no
   noise added), each model through its own OTCache Apply with its own schedule of its 10 steps (DigitWan
-  stands in for both experts: what is measured is the split, not the experts). Budget splits of 10
+  as both experts, and with ``--experts`` a high- and a low-noise expert fine-tuned from it by
+  ``tools/train_digit_wan.py --init --sigmas``). Budget splits of 10
   computed steps (high-noise + low-noise: 6 + 4 as shipped, 5 + 5, 4 + 6, 7 + 3) against the split's
-  own full compute, and one schedule of 10 of 20 across one sampler's whole run against that run's; on
-  the development prompts (where the split is chosen) and on the held-out ones (where it is confirmed).
+  own full compute, the workflow's Schedule nodes (:data:`SPLIT_PRESETS`) at 6 + 4, and one schedule of
+  10 of 20 across one sampler's whole run against that run's; on the development prompts (where the
+  split is chosen) and on the held-out ones (where it is confirmed).
+
+``--only`` runs one part (``default``, ``small``, ``presets``: development and held-out clips, ``splits``).
 """
 
 from __future__ import annotations
@@ -329,7 +334,7 @@ def print_splits(splits: dict[str, list]) -> None:
 
 SPLIT_STEPS, SPLIT_AT = 20, 10
 EXPERT_SPLITS = ((6, 4), (5, 5), (4, 6), (7, 3))
-SPLIT_PRESETS = tuple(("wan2.1-t2v-14b", rule) for rule in ("calibrated", "hold", "horizon1", "horizon2")) + (
+SPLIT_PRESETS = tuple(("wan2.1-t2v-14b", rule) for rule in PRESET_RULES) + (
     ("generic", "calibrated"), ("generic", "horizon1"))
 """The Wan 2.2 workflow's Schedule nodes: the Wan 14B preset (what it shipped with) under each rule, and
 the generic preset (even spacing within each expert's own steps)."""
