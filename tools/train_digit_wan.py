@@ -107,7 +107,10 @@ def _parse(argv: list[str] | None) -> _Args:
     parser.add_argument("--init", help="start from this DigitWan file (a Wan 2.2-style expert fine-tuned from it)")
     parser.add_argument("--sigmas", type=float, nargs=2, metavar=("LOW", "HIGH"), default=(0.0, 1.0),
                         help="train only at sigmas in [LOW, HIGH] (an expert's noise range; default: all)")
-    return parser.parse_args(argv, namespace=_Args())
+    args = parser.parse_args(argv, namespace=_Args())
+    if not 0.0 <= args.sigmas[0] < args.sigmas[1] <= 1.0:
+        parser.error(f"--sigmas {args.sigmas[0]} {args.sigmas[1]}: give LOW < HIGH within [0, 1], e.g. --sigmas 0.85 1")
+    return args
 
 
 class ClipSource:
