@@ -67,8 +67,8 @@ from train_digit_flux import (  # noqa: E402  (the sibling tool; tools/ is not a
     encode_prompts,
     fp16_tensors,
     optimise,
-    prepare_comfy,
     save_weights,
+    training_setup,
 )
 
 #: Guidance strengths of the held-out trajectories the distillation error is measured on.
@@ -256,19 +256,14 @@ def student_from(teacher_flux: torch.nn.Module, seed: int) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    prepare_comfy()
+    tc, images, labels = training_setup(args, warmup_steps=args.warmup)
 
     from comfyui import digit_flux as df
-    from otcache_core.testbed.data import load_mnist
-    from otcache_core.testbed.train import TrainConfig, state_digest
+    from otcache_core.testbed.train import state_digest
 
-    tc = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                     warmup_steps=args.warmup, threads=args.threads)
     dc = DistillConfig(guidance_min=args.guidance_min, guidance_max=args.guidance_max,
                        trajectory_fraction=args.trajectory_fraction, trajectories=args.trajectories,
                        steps_per_trajectory=df.STEPS)
-    torch.set_num_threads(tc.threads)
-    images, labels = load_mnist(args.data)
     x0_all = df.fold(images)
 
     teacher_file = Path(args.teacher)

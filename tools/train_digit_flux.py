@@ -76,6 +76,21 @@ def _parse(argv: list[str] | None) -> _Args:
 # --------------------------------------------------------------------------------------------------
 
 
+def training_setup(args: Any, **settings: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """What every training starts with: ComfyUI importable (:func:`prepare_comfy`), the optimisation
+    settings from the common arguments (``--seed --steps --batch-size --lr --threads``, plus ``settings``),
+    torch on their thread count, and MNIST t10k from ``--data``. Returns ``(config, images, labels)``."""
+    prepare_comfy()
+    from otcache_core.testbed.data import load_mnist
+    from otcache_core.testbed.train import TrainConfig
+
+    tc = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                     **settings)
+    torch.set_num_threads(tc.threads)
+    images, labels = load_mnist(args.data)
+    return tc, images, labels
+
+
 def prepare_comfy() -> None:
     """Make the repository, ``tests/`` and ComfyUI (on the CPU) importable; exit if ComfyUI is not set."""
     if not os.environ.get("COMFYUI_PATH"):
@@ -234,15 +249,11 @@ def class_agreement(count: int, testbed: Any) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    prepare_comfy()
+    tc, images, labels = training_setup(args)
 
     from comfyui import digit_flux as df
-    from otcache_core.testbed.data import load_mnist
-    from otcache_core.testbed.train import TrainConfig, sample_t, state_digest
+    from otcache_core.testbed.train import sample_t, state_digest
 
-    tc = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads)
-    torch.set_num_threads(tc.threads)
-    images, labels = load_mnist(args.data)
     x0_all = df.fold(images)
 
     clip = df.build_clip()

@@ -50,8 +50,8 @@ from train_digit_flux import (  # noqa: E402  (the sibling tool; tools/ is not a
     Epochs,
     fp16_tensors,
     optimise,
-    prepare_comfy,
     save_weights,
+    training_setup,
 )
 
 
@@ -169,17 +169,13 @@ def check(testbed, per_prompt: int, classifier) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
-    prepare_comfy()
+    tc, images, labels = training_setup(args)
 
     from comfyui import digit_flux as df
     from comfyui import digit_wan as dw
     from otcache_core.testbed import load_classifier
-    from otcache_core.testbed.data import load_mnist
-    from otcache_core.testbed.train import TrainConfig, state_digest
+    from otcache_core.testbed.train import state_digest
 
-    tc = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads)
-    torch.set_num_threads(tc.threads)
-    images, labels = load_mnist(args.data)
     small = dw.shrink(images)
 
     clip, clip_sha = dw.text_encoder()

@@ -39,6 +39,7 @@ to the CPU first (``tests/comfyui/conftest.py`` does both).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -112,19 +113,28 @@ def prompt(digit: int, template: int = 0) -> str:
     return TEMPLATES[template].format(word=DIGIT_WORDS[digit], numeral=str(digit))
 
 
+ALL_DIGITS, CALIBRATION_DIGITS, EVALUATION_DIGITS = range(10), range(0, 10, 2), range(1, 10, 2)
+"""The held-out protocol of every digit testbed: calibrate on even digits, evaluate on odd ones."""
+
+
+def digit_prompts(digits: range, variants: int, make: Callable[[int, int], str]) -> list[str]:
+    """``make(d, v)`` for each of ``digits`` and every variant ``v`` (a phrasing, a motion), digit-major."""
+    return [make(d, v) for d in digits for v in range(variants)]
+
+
 def all_prompts() -> list[str]:
     """Every training prompt: digit-major, ``prompt(d, t)`` at index ``d * len(TEMPLATES) + t``."""
-    return [prompt(d, t) for d in range(10) for t in range(len(TEMPLATES))]
+    return digit_prompts(ALL_DIGITS, len(TEMPLATES), prompt)
 
 
 def calibration_prompts() -> list[str]:
     """The calibration side of the held-out split: even digits, every phrasing."""
-    return [prompt(d, t) for d in range(0, 10, 2) for t in range(len(TEMPLATES))]
+    return digit_prompts(CALIBRATION_DIGITS, len(TEMPLATES), prompt)
 
 
 def evaluation_prompts() -> list[str]:
     """The evaluation side: odd digits, every phrasing (never used to calibrate)."""
-    return [prompt(d, t) for d in range(1, 10, 2) for t in range(len(TEMPLATES))]
+    return digit_prompts(EVALUATION_DIGITS, len(TEMPLATES), prompt)
 
 
 def prompt_digit(text: str) -> int:

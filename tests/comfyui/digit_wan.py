@@ -138,17 +138,17 @@ def prompt(digit: int, motion: int | str) -> str:
 
 def all_prompts() -> list[str]:
     """Every training prompt: digit-major, ``prompt(d, m)`` at index ``d * len(MOTIONS) + m``."""
-    return [prompt(d, m) for d in range(10) for m in range(len(MOTIONS))]
+    return digit_flux.digit_prompts(digit_flux.ALL_DIGITS, len(MOTIONS), prompt)
 
 
 def calibration_prompts() -> list[str]:
     """The calibration side of the held-out split: even digits, every motion."""
-    return [prompt(d, m) for d in range(0, 10, 2) for m in range(len(MOTIONS))]
+    return digit_flux.digit_prompts(digit_flux.CALIBRATION_DIGITS, len(MOTIONS), prompt)
 
 
 def evaluation_prompts() -> list[str]:
     """The evaluation side: odd digits, every motion (never used to calibrate)."""
-    return [prompt(d, m) for d in range(1, 10, 2) for m in range(len(MOTIONS))]
+    return digit_flux.digit_prompts(digit_flux.EVALUATION_DIGITS, len(MOTIONS), prompt)
 
 
 def parse_prompt(text: str) -> tuple[int, int]:

@@ -223,11 +223,9 @@ def _two_experts(dw, testbed, high_noise, low_noise, prompts, seeds):
     the leftover; low noise: steps 10-20, no noise added) with DigitWan as both experts."""
     import nodes as comfy_nodes
 
-    conds = [testbed.positive(p)[0] for p in prompts]
-    positive = [[torch.cat([c[0] for c in conds]), {"pooled_output": torch.cat([c[1]["pooled_output"] for c in conds])}]]
     rows = []
-    for k, seed in enumerate(seeds):  # KSamplerAdvanced draws one noise per seed: one row per call
-        row = [[positive[0][0][k : k + 1], {"pooled_output": positive[0][1]["pooled_output"][k : k + 1]}]]
+    for text, seed in zip(prompts, seeds):  # KSamplerAdvanced draws one noise per seed: one clip per call
+        row = testbed.positive(text)
         latent = {"samples": dw.empty_latent(1)}
         (latent,) = comfy_nodes.KSamplerAdvanced().sample(high_noise, "enable", seed, SPLIT_STEPS, testbed.cfg,
                                                           dw.SAMPLER, dw.SCHEDULER, row, testbed.negative(), latent,
